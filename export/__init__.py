@@ -1,0 +1,1 @@
+"""Freeze trained checkpoints with paddle.jit.save into the versioned model repository."""

@@ -1,0 +1,117 @@
+"""ERNIE networks built from paddlenlp's ERNIE classes.
+
+`--init DIR` takes any paddlenlp-format ERNIE checkpoint folder (config.json, model_state.pdparams,
+vocab.txt): a real ERNIE 3.0 release or our own MLM-pretrained tiny model. Without one, a small ERNIE is
+built from scratch on a character vocabulary made from the training data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+os.environ.setdefault("PADDLENLP_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / "paddlenlp"))
+with contextlib.redirect_stderr(io.StringIO()):  # paddlenlp prints import-time warnings we cannot act on
+    from paddlenlp.transformers import ErnieConfig, ErnieModel
+
+logging.getLogger("paddlenlp").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Shape of an ERNIE trained from scratch (ignored when initialising from a checkpoint)."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+
+    def ernie_config(self, vocab_size: int) -> ErnieConfig:
+        return ErnieConfig(vocab_size=vocab_size, type_vocab_size=4, pad_token_id=0, **asdict(self))
+
+
+ARCHS = {
+    "tiny": Arch(),  # 4 layers, hidden 128: ~0.2 s per step at batch 32 x 32 tokens on 2 cores
+    "micro": Arch(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),  # tests
+}
+
+
+def load_backbone(init_dir: str | Path | None, arch: Arch, vocab_size: int) -> ErnieModel:
+    if init_dir is None:
+        return ErnieModel(arch.ernie_config(vocab_size))
+    init_dir = Path(init_dir)
+    if not (init_dir / "config.json").is_file() and not (init_dir / "model_config.json").is_file():
+        raise FileNotFoundError(f"{init_dir}: not a paddlenlp checkpoint folder (no config.json)")
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = ErnieModel.from_pretrained(str(init_dir))
+    if model.config.vocab_size != vocab_size:
+        raise ValueError(f"{init_dir}: model vocab_size {model.config.vocab_size} != vocab.txt size {vocab_size}")
+    return model
+
+
+class ErnieClassifier(nn.Layer):
+    """[CLS] pooled output -> dropout -> linear: logits over the labels."""
+
+    def __init__(self, backbone: ErnieModel, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.ernie = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(backbone.config.hidden_size, num_labels)
+
+    def forward(self, input_ids):
+        _, pooled = self.ernie(input_ids, return_dict=False)[:2]
+        return self.classifier(self.dropout(pooled))
+
+
+class ErnieSentenceEncoder(nn.Layer):
+    """Mean of the token states (padding excluded), L2-normalised: cosine similarity is a dot product."""
+
+    def __init__(self, backbone: ErnieModel):
+        super().__init__()
+        self.ernie = backbone
+
+    def forward(self, input_ids):
+        sequence = self.ernie(input_ids, return_dict=False)[0]
+        mask = (input_ids != self.ernie.config.pad_token_id).astype(sequence.dtype).unsqueeze(-1)
+        pooled = (sequence * mask).sum(axis=1) / mask.sum(axis=1).clip(min=1.0)
+        return F.normalize(pooled, axis=-1)
+
+
+class CalibratedClassifier(nn.Layer):
+    """What a classifier exports: probabilities softmax(logits / T)."""
+
+    def __init__(self, classifier: ErnieClassifier, temperature: float):
+        super().__init__()
+        self.classifier = classifier
+        self.temperature = float(temperature)
+
+    def forward(self, input_ids):
+        return F.softmax(self.classifier(input_ids) / self.temperature, axis=-1)
+
+
+def save_network(net: nn.Layer, backbone: ErnieModel, out_dir: Path) -> None:
+    """Backbone in paddlenlp format (re-usable as --init), whole network weights beside it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        backbone.save_pretrained(str(out_dir / "backbone"))
+    paddle.save(net.state_dict(), str(out_dir / "network.pdparams"))
+
+
+def load_network(task: str, checkpoint: Path, num_labels: int = 0) -> nn.Layer:
+    with contextlib.redirect_stdout(io.StringIO()):
+        backbone = ErnieModel.from_pretrained(str(checkpoint / "backbone"))
+    net = ErnieClassifier(backbone, num_labels) if task == "classification" else ErnieSentenceEncoder(backbone)
+    net.set_state_dict(paddle.load(str(checkpoint / "network.pdparams")))
+    net.eval()
+    return net

@@ -1,0 +1,222 @@
+"""Training loops: classifier (cross-entropy, early stopping on dev macro-F1, temperature scaling) and
+sentence encoder (in-batch negatives, early stopping on dev MRR). Eager Paddle; shows progress with tqdm."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from tqdm import tqdm
+
+from models.calibration import calibrated_probs, fit_temperature
+from models.corpus import PairExample, TextExample, retrieval_split
+from models.metrics import classification_report, expected_calibration_error, retrieval_report
+from models.modeling import ErnieClassifier, ErnieSentenceEncoder
+from services.runtime.tokenizer import ErnieTextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 5
+    max_steps: int = 0  # 0 = no cap; otherwise stop after this many optimiser steps
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
+    patience: int = 3  # evaluations without improvement before stopping
+    seed: int = 42
+    scale: float = 20.0  # encoder: similarity scale (1 / temperature) of the in-batch softmax
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, rng: np.random.Generator, pool: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar length (less padding): sort within pools of `pool` batches, shuffle batches."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[start : start + batch_size * pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _optimizer(net, total_steps: int, opts: TrainOptions):
+    warmup = max(1, int(total_steps * opts.warmup_ratio))
+    decay = paddle.optimizer.lr.PolynomialDecay(opts.learning_rate, max(1, total_steps - warmup), end_lr=0.0)
+    schedule = paddle.optimizer.lr.LinearWarmup(decay, warmup, 0.0, opts.learning_rate)
+    no_decay = {p.name for n, p in net.named_parameters() if "bias" in n or "norm" in n}
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=schedule,
+        parameters=net.parameters(),
+        weight_decay=opts.weight_decay,
+        apply_decay_param_fun=lambda name: name not in no_decay,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0),
+    )
+    return optimizer, schedule
+
+
+@paddle.no_grad()
+def forward_in_batches(net, tokenizer: ErnieTextTokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """Run the network in eval mode over texts, length-sorted for speed, results in input order."""
+    was_training = net.training
+    net.eval()
+    ids = tokenizer.encode_ids(texts)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    outs: list[np.ndarray | None] = [None] * len(ids)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        result = net(paddle.to_tensor(tokenizer.pad([ids[i] for i in chunk]))).numpy()
+        for row, i in zip(result, chunk, strict=True):
+            outs[i] = row
+    if was_training:
+        net.train()
+    return np.stack(outs)
+
+
+class _EarlyStopper:
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_state, self.bad, self.history = patience, -math.inf, None, 0, []
+
+    def update(self, net, score: float, step: int) -> bool:
+        """Record a dev score; True when training should stop."""
+        self.history.append({"step": step, "score": round(score, 4)})
+        if score > self.best:
+            self.best, self.bad = score, 0
+            self.best_state = copy.deepcopy({k: v.numpy() for k, v in net.state_dict().items()})
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self, net) -> None:
+        if self.best_state is not None:
+            net.set_state_dict({k: paddle.to_tensor(v) for k, v in self.best_state.items()})
+
+
+def _run_loop(net, n_examples: int, lengths, step_fn, evaluate, opts: TrainOptions, desc: str) -> dict:
+    rng = np.random.default_rng(opts.seed)
+    steps_per_epoch = math.ceil(n_examples / opts.batch_size)
+    total = steps_per_epoch * opts.epochs
+    if opts.max_steps:
+        total = min(total, opts.max_steps)
+    eval_every = opts.eval_every or steps_per_epoch
+    optimizer, schedule = _optimizer(net, total, opts)
+    stopper = _EarlyStopper(opts.patience)
+    step, started, stop = 0, time.time(), False
+    bar = tqdm(total=total, desc=desc, disable=not opts.progress, mininterval=2.0, unit="step")
+    net.train()
+    while step < total and not stop:
+        for batch in bucketed_batches(lengths, opts.batch_size, rng):
+            loss = step_fn(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            schedule.step()
+            step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss):.4f}", best=f"{stopper.best:.4f}")
+            if step % eval_every == 0 or step == total:
+                stop = stopper.update(net, evaluate(), step)
+                bar.set_postfix(loss=f"{float(loss):.4f}", best=f"{stopper.best:.4f}")
+            if step >= total or stop:
+                break
+    bar.close()
+    if not stopper.history or stopper.history[-1]["step"] != step:
+        stopper.update(net, evaluate(), step)
+    stopper.restore(net)
+    return {"steps": step, "seconds": round(time.time() - started, 1), "dev_history": stopper.history}
+
+
+def train_classifier(
+    net: ErnieClassifier,
+    tokenizer: ErnieTextTokenizer,
+    train: list[TextExample],
+    dev: list[TextExample],
+    labels: list[str],
+    opts: TrainOptions,
+) -> tuple[float, dict]:
+    """Train in place; returns (temperature fitted on dev, dev report with calibrated probabilities)."""
+    seed_everything(opts.seed)
+    index = {label: i for i, label in enumerate(labels)}
+    ids = tokenizer.encode_ids([e.text for e in train])
+    y = np.array([index[e.label] for e in train], dtype=np.int64)
+    dev_texts = [e.text for e in dev]
+    dev_y = np.array([index[e.label] for e in dev], dtype=np.int64)
+
+    def step_fn(batch):
+        logits = net(paddle.to_tensor(tokenizer.pad([ids[i] for i in batch])))
+        return F.cross_entropy(logits, paddle.to_tensor(y[batch]))
+
+    def evaluate() -> float:
+        logits = forward_in_batches(net, tokenizer, dev_texts)
+        return classification_report(logits, dev_y, labels)["macro_f1"]
+
+    info = _run_loop(net, len(train), [len(x) for x in ids], step_fn, evaluate, opts, "train classifier")
+    logits = forward_in_batches(net, tokenizer, dev_texts)
+    temperature = fit_temperature(logits, dev_y)
+    report = classification_report(calibrated_probs(logits, temperature), dev_y, labels)
+    report["ece_uncalibrated"] = round(expected_calibration_error(calibrated_probs(logits, 1.0), dev_y), 4)
+    report["temperature"] = round(temperature, 4)
+    return temperature, {**report, "training": info}
+
+
+def train_encoder(
+    net: ErnieSentenceEncoder,
+    tokenizer: ErnieTextTokenizer,
+    train: list[PairExample],
+    dev: list[PairExample],
+    opts: TrainOptions,
+) -> dict:
+    """In-batch-negatives contrastive training on positive pairs (symmetric loss); returns the dev report."""
+    seed_everything(opts.seed)
+    positives = sorted({(p.text_a, p.text_b) for p in train if p.label == 1})
+    if not positives:
+        raise ValueError("training data has no positive pairs (label 1)")
+    ids_a = tokenizer.encode_ids([a for a, _ in positives])
+    ids_b = tokenizer.encode_ids([b for _, b in positives])
+    kb, queries, gold = retrieval_split(dev)
+
+    def step_fn(batch):
+        emb_a = net(paddle.to_tensor(tokenizer.pad([ids_a[i] for i in batch])))
+        emb_b = net(paddle.to_tensor(tokenizer.pad([ids_b[i] for i in batch])))
+        sim = paddle.matmul(emb_a, emb_b, transpose_y=True) * opts.scale
+        # the same question twice in a batch is not a negative of itself
+        texts_a = [positives[i][0] for i in batch]
+        texts_b = [positives[i][1] for i in batch]
+        clash = np.array(
+            [[i != j and (texts_a[i] == texts_a[j] or texts_b[i] == texts_b[j]) for j in range(len(batch))] for i in range(len(batch))]
+        )
+        if clash.any():
+            sim = paddle.where(paddle.to_tensor(clash), paddle.full_like(sim, -1e4), sim)
+        target = paddle.arange(len(batch), dtype="int64")
+        return (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
+
+    def evaluate() -> float:
+        return _retrieval(net, tokenizer, kb, queries, gold)["mrr"]
+
+    lengths = [len(a) + len(b) for a, b in zip(ids_a, ids_b, strict=True)]
+    info = _run_loop(net, len(positives), lengths, step_fn, evaluate, opts, "train encoder")
+    report = _retrieval(net, tokenizer, kb, queries, gold)
+    return {**report, "training": info, "train_pairs": len(positives)}
+
+
+def _retrieval(net, tokenizer, kb, queries, gold) -> dict:
+    kb_emb = forward_in_batches(net, tokenizer, kb)
+    q_emb = forward_in_batches(net, tokenizer, queries)
+    return retrieval_report(q_emb @ kb_emb.T, gold)

@@ -1,0 +1,1 @@
+"""Serving-side code. Nothing under services/ may import paddlenlp or other training packages."""

@@ -1,0 +1,1 @@
+"""Model runtime shared by workers, export and evaluation: tokenizer, model repository, Paddle Inference runner."""
