@@ -12,10 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Regex, Tokenizer
+from tokenizers import pre_tokenizers as pre
 from tokenizers.implementations import BertWordPieceTokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
+# ERNIE's BasicTokenizer (paddlenlp `_is_symbol`) also isolates every Unicode symbol (categories S*: ～ ♥ ￥ …)
+# and these code points; BERT's pre-tokenizer only isolates punctuation.
+_SYMBOLS = Regex(r"[\p{S}\x{00AD}\x{00B2}\x{00BA}\x{3007}\x{00B5}\x{00D8}\x{014B}\x{01B1}]")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ class ErnieTextTokenizer:
             raise ValueError(f"max_seq_len must be at least 3, got {max_seq_len}")
         self.vocab_file = str(vocab_file)
         self.max_seq_len = max_seq_len
+        vocab = set(read_vocab(vocab_file))
+        for token in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
+            if token not in vocab:
+                raise ValueError(f"vocabulary {self.vocab_file} has no {token} token")
         wordpiece = BertWordPieceTokenizer(
             self.vocab_file,
             clean_text=True,
@@ -59,24 +67,18 @@ class ErnieTextTokenizer:
             lowercase=do_lower_case,
         )
         self._tok: Tokenizer = wordpiece._tokenizer
+        self._tok.pre_tokenizer = pre.Sequence([pre.BertPreTokenizer(), pre.Split(_SYMBOLS, "isolated")])
         self._tok.enable_truncation(max_length=max_seq_len)
         self._tok.no_padding()
-        self.pad_id = self._require_id("[PAD]")
-        self.unk_id = self._require_id("[UNK]")
-        self.cls_id = self._require_id("[CLS]")
-        self.sep_id = self._require_id("[SEP]")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (
+            self._tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+        )
         self.mask_id = self._tok.token_to_id("[MASK]")
         self.vocab_size = self._tok.get_vocab_size()
 
     @classmethod
     def from_settings(cls, folder: Path, settings: TokenizerSettings) -> ErnieTextTokenizer:
         return cls(folder / settings.vocab_file, settings.max_seq_len, settings.do_lower_case)
-
-    def _require_id(self, token: str) -> int:
-        token_id = self._tok.token_to_id(token)
-        if token_id is None:
-            raise ValueError(f"vocabulary {self.vocab_file} has no {token} token")
-        return token_id
 
     def encode_ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, with [CLS]/[SEP], truncated to max_seq_len, unpadded."""

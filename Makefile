@@ -1,0 +1,68 @@
+# Chinese customer-service inference platform. Start with: make run   |   make test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= ../shared/data
+REPO   ?= model_repository
+# On AMD CPUs MKL picks slow kernels unless told otherwise (halves training step time here).
+export MKL_DEBUG_CPU_TYPE ?= 5
+export PYTHONUNBUFFERED := 1
+export PYTHONWARNINGS ?= ignore
+export GLOG_minloglevel ?= 2
+
+.PHONY: help setup run test test-fast lint models benchmarks bench pretrain default-data locks clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv and install the pinned dev set (serving + training + dev)
+
+$(VENV)/.installed: pyproject.toml requirements/dev.lock
+	@echo ">> setting up $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.9
+	$(VENV)/bin/uv pip install -p $(PY) -q -r requirements/dev.lock
+	$(VENV)/bin/uv pip install -p $(PY) -q --no-deps -e .
+	@touch $@
+
+$(REPO)/.built: | $(VENV)/.installed
+	$(MAKE) models
+
+run: setup $(REPO)/.built ## set up, build the default models if missing, and run the service
+	@$(PY) -m services.runtime.status --repository $(REPO)
+
+test: setup ## run the test suite
+	$(PY) -m pytest -q
+
+test-fast: setup ## unit tests only (no model training)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check services models export tests
+	$(VENV)/bin/ruff format --check services models export tests
+
+models: setup ## train, evaluate and export intent / sentiment / faq into $(REPO)/ (about 15-20 min on 2 cores)
+	$(PY) -m models.defaults --repository $(REPO)
+	@touch $(REPO)/.built
+
+benchmarks: setup ## train + export + dev-evaluate one model per benchmark dataset into benchmark_repository/ (DATA=../shared/data)
+	$(PY) -m models.benchmarks --data $(DATA) --repository benchmark_repository
+
+bench: setup $(REPO)/.built ## side-by-side inference benchmark of the exported models
+	$(PY) -m bench.runner_bench --repository $(REPO)
+
+pretrain: setup ## reproduce models/pretrained/ernie-tiny-cs (MLM on every train split under DATA; ~30 min)
+	$(PY) -m models.pretrain --data $(DATA) --out models/pretrained/ernie-tiny-cs --steps 5000
+
+default-data: setup ## regenerate the shipped sentiment / FAQ-pair training data from DATA
+	$(PY) -m models.default_data --data $(DATA) --out data
+
+locks: ## re-resolve requirements/*.lock from pyproject.toml
+	uv pip compile -q pyproject.toml --python-version 3.11 --extra serving -o requirements/serving.lock
+	uv pip compile -q pyproject.toml --python-version 3.11 --extra serving --extra training --extra dev -o requirements/dev.lock
+
+clean: ## remove the venv and built models
+	rm -rf $(VENV) $(REPO) benchmark_repository runs
