@@ -58,7 +58,9 @@ def _config_for(name: str, meta: dict, max_batch_size: int, existing: ModelConfi
     )
     if existing is not None:
         if existing.task != config.task:
-            raise ExportError(f"model {name!r} is a {existing.task.value} model; checkpoint is {config.task.value}")
+            raise ExportError(
+                f"model {name!r} is a {existing.task.value} model; checkpoint is {config.task.value}"
+            )
         config.version_policy = existing.version_policy
     return config
 
@@ -105,7 +107,9 @@ def export_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        static = paddle.jit.to_static(net, input_spec=[InputSpec([None, None], "int64", "input_ids")], full_graph=True)
+        static = paddle.jit.to_static(
+            net, input_spec=[InputSpec([None, None], "int64", "input_ids")], full_graph=True
+        )
         paddle.jit.save(static, str(staging / "inference"))
         for extra in ("vocab.txt", "tokenizer.json", "training.json", "labels.txt"):
             if (checkpoint / extra).is_file():
@@ -126,7 +130,9 @@ def export_checkpoint(
 
         report = evaluate(staged, Path(eval_data or meta["dev"]["path"]))
         report["export_parity_max_abs_diff"] = worst
-        (staging / "evaluation.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", "utf-8")
+        (staging / "evaluation.json").write_text(
+            json.dumps(report, ensure_ascii=False, indent=2) + "\n", "utf-8"
+        )
         write_manifest(staging)
         staging.rename(target)  # fails rather than replaces if the version appeared meanwhile
     except BaseException:
@@ -152,15 +158,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="model name in the repository (intent, sentiment, faq, ...)")
     p.add_argument("--version", type=int, help="version number (default: next free)")
     p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--eval-data", type=Path, help="labelled file for evaluation.json (default: the training dev file)")
+    p.add_argument(
+        "--eval-data", type=Path, help="labelled file for evaluation.json (default: the training dev file)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        version = export_checkpoint(args.checkpoint, args.repository, args.name, args.version, args.max_batch_size, args.eval_data)
+        version = export_checkpoint(
+            args.checkpoint, args.repository, args.name, args.version, args.max_batch_size, args.eval_data
+        )
     except RepositoryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = version.evaluation()
-    print(json.dumps({"exported": str(version.path), "evaluation": {k: v for k, v in report.items() if k != "per_label"}},
-                     ensure_ascii=False, indent=2))
+    print(
+        json.dumps(
+            {
+                "exported": str(version.path),
+                "evaluation": {k: v for k, v in report.items() if k != "per_label"},
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
     return 0

@@ -18,7 +18,9 @@ from sklearn.linear_model import LogisticRegression
 from models.metrics import classification_report, retrieval_report
 
 
-def tfidf_logreg(train_texts: list[str], train_y: np.ndarray, texts: list[str], y: np.ndarray, labels: list[str]) -> dict:
+def tfidf_logreg(
+    train_texts: list[str], train_y: np.ndarray, texts: list[str], y: np.ndarray, labels: list[str]
+) -> dict:
     vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1)
     clf = LogisticRegression(C=10.0, max_iter=3000)
     clf.fit(vectorizer.fit_transform(train_texts), train_y)

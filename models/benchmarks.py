@@ -17,7 +17,10 @@ from models.pipeline import ModelSpec, build, print_summary, summary_row
 BENCHMARKS = {
     "nlpcc2018_task4_slu": ("classification", {"max_seq_len": 32, "epochs": 6, "lr": 3e-4}),
     "smp2017_ecdt_task1": ("classification", {"max_seq_len": 32, "epochs": 20, "lr": 3e-4, "patience": 5}),
-    "online_shopping_10_cats": ("classification", {"max_seq_len": 128, "epochs": 2, "eval_every": 500, "lr": 3e-4}),
+    "online_shopping_10_cats": (
+        "classification",
+        {"max_seq_len": 128, "epochs": 2, "eval_every": 500, "lr": 3e-4},
+    ),
     "waimai_10k": ("classification", {"max_seq_len": 96, "epochs": 5, "lr": 3e-4}),
     "atec_nlp_sim": ("embedding", {"max_seq_len": 48, "epochs": 10, "batch_size": 64, "lr": 3e-4}),
     "bq_corpus": ("embedding", {"max_seq_len": 48, "epochs": 15, "batch_size": 64, "lr": 3e-4}),
@@ -41,13 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         spec = ModelSpec(dataset, task, folder / "train.jsonl", folder / "dev.jsonl", options=options)
         report = build(spec, args.runs, args.repository)  # -> <repository>/<dataset>/<version>/
         reports[dataset] = report
-        print(json.dumps({k: v for k, v in report.items() if k != "per_label"}, ensure_ascii=False, indent=2), flush=True)
+        print(
+            json.dumps({k: v for k, v in report.items() if k != "per_label"}, ensure_ascii=False, indent=2),
+            flush=True,
+        )
         rows.append({"dataset": dataset, **summary_row(report)})
     print(f"== benchmarks finished in {time.time() - started:.0f} s")
     print_summary(rows)
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"models-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"rows": rows, "reports": reports}, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    out.write_text(
+        json.dumps({"rows": rows, "reports": reports}, ensure_ascii=False, indent=2) + "\n", "utf-8"
+    )
     print(f"written: {out}")
     return 0
 

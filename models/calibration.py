@@ -13,7 +13,9 @@ def nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     result = minimize_scalar(
-        lambda log_t: nll(logits, y, float(np.exp(log_t))), bounds=(np.log(0.05), np.log(20.0)), method="bounded"
+        lambda log_t: nll(logits, y, float(np.exp(log_t))),
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
     )
     return float(np.exp(result.x))
 

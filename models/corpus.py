@@ -77,7 +77,8 @@ def _raise_problems(path: Path, problems: list[str], total: int) -> None:
     if problems:
         more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
         raise DataError(
-            f"{path}: {len(problems)} of {total} rows are invalid{more}:\n  " + "\n  ".join(problems[:MAX_REPORTED])
+            f"{path}: {len(problems)} of {total} rows are invalid{more}:\n  "
+            + "\n  ".join(problems[:MAX_REPORTED])
         )
 
 

@@ -41,11 +41,18 @@ def main(argv: list[str] | None = None) -> int:
 
     faq = [rec for _, rec in read_records(args.out / "faq_kb_demo" / "faq.jsonl")]
     questions = {f["id"]: f["question"] for f in faq}
-    train = [{**rec, "source": "atec_nlp_sim"} for _, rec in read_records(args.data / "atec_nlp_sim" / "train.jsonl")]
-    train += [
-        {"text_a": f["question"], "text_b": alt, "label": 1, "source": "faq_kb_demo"} for f in faq for alt in f["alternatives"]
+    train = [
+        {**rec, "source": "atec_nlp_sim"}
+        for _, rec in read_records(args.data / "atec_nlp_sim" / "train.jsonl")
     ]
-    dev = [{**rec, "source": "atec_nlp_sim"} for _, rec in read_records(args.data / "atec_nlp_sim" / "dev.jsonl")]
+    train += [
+        {"text_a": f["question"], "text_b": alt, "label": 1, "source": "faq_kb_demo"}
+        for f in faq
+        for alt in f["alternatives"]
+    ]
+    dev = [
+        {**rec, "source": "atec_nlp_sim"} for _, rec in read_records(args.data / "atec_nlp_sim" / "dev.jsonl")
+    ]
     dev += [
         {"text_a": questions[q["faq_id"]], "text_b": q["query"], "label": 1, "source": "faq_kb_demo"}
         for _, q in read_records(args.out / "faq_kb_demo" / "queries_dev.jsonl")

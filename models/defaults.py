@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in DEFAULTS:
         if args.only and spec.name not in args.only:
             continue
-        print(f"== {spec.name}: training on {spec.train.relative_to(DATA.parent)}", file=sys.stderr, flush=True)
+        print(
+            f"== {spec.name}: training on {spec.train.relative_to(DATA.parent)}", file=sys.stderr, flush=True
+        )
         report = build(spec, args.runs, args.repository)
         print(json.dumps({k: v for k, v in report.items() if k != "per_label"}, ensure_ascii=False, indent=2))
         rows.append(summary_row(report))

@@ -49,9 +49,16 @@ def predict(runner: PaddleRunner, texts: list[str], batch_size: int = 64) -> np.
     return np.stack(out)
 
 
-def evaluate(version: ModelVersion, data: Path, baseline_train: Path | None = None, baseline: bool = True) -> dict:
+def evaluate(
+    version: ModelVersion, data: Path, baseline_train: Path | None = None, baseline: bool = True
+) -> dict:
     runner = PaddleRunner(version, RunnerSettings(cpu_threads=2))
-    head = {"model": version.name, "version": version.version, "task": version.config.task.value, "data": str(data)}
+    head = {
+        "model": version.name,
+        "version": version.version,
+        "task": version.config.task.value,
+        "data": str(data),
+    }
     if version.config.task == Task.CLASSIFICATION:
         examples = load_classification(data, version.labels)
         index = {label: i for i, label in enumerate(version.labels)}
@@ -65,7 +72,10 @@ def evaluate(version: ModelVersion, data: Path, baseline_train: Path | None = No
     kb_emb, q_emb = predict(runner, kb), predict(runner, queries)
     report = {**head, **retrieval_report(q_emb @ kb_emb.T, gold)}
     if baseline:
-        report["baseline"] = {"tfidf": tfidf_retrieval(kb, queries, gold), "bm25": bm25_retrieval(kb, queries, gold)}
+        report["baseline"] = {
+            "tfidf": tfidf_retrieval(kb, queries, gold),
+            "bm25": bm25_retrieval(kb, queries, gold),
+        }
     return report
 
 
@@ -78,14 +88,18 @@ def _classification_floor(version: ModelVersion, texts, y, baseline_train: Path 
             return {"skipped": f"training file {baseline_train} not found; pass --baseline-train"}
     train = load_classification(baseline_train, version.labels)
     index = {label: i for i, label in enumerate(version.labels)}
-    return tfidf_logreg([e.text for e in train], np.array([index[e.label] for e in train]), texts, y, version.labels)
+    return tfidf_logreg(
+        [e.text for e in train], np.array([index[e.label] for e in train]), texts, y, version.labels
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path, help="exported version folder (or model folder)")
     p.add_argument("--data", required=True, type=Path, help="labelled .jsonl/.csv file")
-    p.add_argument("--baseline-train", type=Path, help="training file for the TF-IDF floor (default: the recorded one)")
+    p.add_argument(
+        "--baseline-train", type=Path, help="training file for the TF-IDF floor (default: the recorded one)"
+    )
     p.add_argument("--no-baseline", action="store_true")
     args = p.parse_args(argv)
     try:

@@ -56,7 +56,9 @@ def load_backbone(init_dir: str | Path | None, arch: Arch, vocab_size: int) -> E
     with contextlib.redirect_stdout(io.StringIO()):
         model = ErnieModel.from_pretrained(str(init_dir))
     if model.config.vocab_size != vocab_size:
-        raise ValueError(f"{init_dir}: model vocab_size {model.config.vocab_size} != vocab.txt size {vocab_size}")
+        raise ValueError(
+            f"{init_dir}: model vocab_size {model.config.vocab_size} != vocab.txt size {vocab_size}"
+        )
     return model
 
 
@@ -111,7 +113,9 @@ def save_network(net: nn.Layer, backbone: ErnieModel, out_dir: Path) -> None:
 def load_network(task: str, checkpoint: Path, num_labels: int = 0) -> nn.Layer:
     with contextlib.redirect_stdout(io.StringIO()):
         backbone = ErnieModel.from_pretrained(str(checkpoint / "backbone"))
-    net = ErnieClassifier(backbone, num_labels) if task == "classification" else ErnieSentenceEncoder(backbone)
+    net = (
+        ErnieClassifier(backbone, num_labels) if task == "classification" else ErnieSentenceEncoder(backbone)
+    )
     net.set_state_dict(paddle.load(str(checkpoint / "network.pdparams")))
     net.eval()
     return net

@@ -42,7 +42,10 @@ def build(spec: ModelSpec, runs: Path, repository: Path) -> dict:
     trained = time.time()
     version = export_checkpoint(checkpoint, repository, spec.name)
     report = version.evaluation()
-    report["seconds"] = {"train": round(trained - started, 1), "export_and_eval": round(time.time() - trained, 1)}
+    report["seconds"] = {
+        "train": round(trained - started, 1),
+        "export_and_eval": round(time.time() - trained, 1),
+    }
     return report
 
 
@@ -55,7 +58,8 @@ def summary_row(report: dict) -> dict:
             "metric": "accuracy / macro_f1 / ece",
             "ernie": f"{report['accuracy']:.4f} / {report['macro_f1']:.4f} / {report['ece']:.4f}",
             "floor (tfidf+lr)": f"{base.get('accuracy', float('nan')):.4f} / {base.get('macro_f1', float('nan')):.4f}",
-            "beats_floor": report["macro_f1"] > base.get("macro_f1", 0) and report["accuracy"] > base.get("accuracy", 0),
+            "beats_floor": report["macro_f1"] > base.get("macro_f1", 0)
+            and report["accuracy"] > base.get("accuracy", 0),
         }
     floors = report["baseline"]
     best = max(floors.values(), key=lambda b: b["mrr"])

@@ -48,7 +48,9 @@ def collect_corpus(roots: list[Path], chunk: int) -> tuple[list[str], list[str]]
     return texts, [str(p) for p in files]
 
 
-def mask_tokens(batch: np.ndarray, tokenizer: ErnieTextTokenizer, rng: np.random.Generator, rate: float = 0.15):
+def mask_tokens(
+    batch: np.ndarray, tokenizer: ErnieTextTokenizer, rng: np.random.Generator, rate: float = 0.15
+):
     """BERT masking: of `rate` of the real tokens, 80% -> [MASK], 10% -> random, 10% kept."""
     special = np.isin(batch, [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id])
     chosen = (rng.random(batch.shape) < rate) & ~special
@@ -68,7 +70,9 @@ def mask_tokens(batch: np.ndarray, tokenizer: ErnieTextTokenizer, rng: np.random
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.pretrain", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, action="append", required=True, help="folder(s) of *.jsonl (repeatable)")
+    p.add_argument(
+        "--data", type=Path, action="append", required=True, help="folder(s) of *.jsonl (repeatable)"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -104,15 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     model = ErnieForMaskedLM(config)
     warmup = max(1, args.steps // 20)
     schedule = paddle.optimizer.lr.LinearWarmup(
-        paddle.optimizer.lr.PolynomialDecay(args.lr, args.steps - warmup, end_lr=args.lr * 0.05), warmup, 0.0, args.lr
+        paddle.optimizer.lr.PolynomialDecay(args.lr, args.steps - warmup, end_lr=args.lr * 0.05),
+        warmup,
+        0.0,
+        args.lr,
     )
     optimizer = paddle.optimizer.AdamW(
-        learning_rate=schedule, parameters=model.parameters(), weight_decay=0.01, grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0)
+        learning_rate=schedule,
+        parameters=model.parameters(),
+        weight_decay=0.01,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0),
     )
 
     def mlm_loss(batch_ids: list[list[int]], mask_rng):
         inputs, positions, targets = mask_tokens(tokenizer.pad(batch_ids), tokenizer, mask_rng)
-        logits = model(paddle.to_tensor(inputs), masked_positions=paddle.to_tensor(positions), return_dict=False)
+        logits = model(
+            paddle.to_tensor(inputs), masked_positions=paddle.to_tensor(positions), return_dict=False
+        )
         if isinstance(logits, tuple):
             logits = logits[0]
         target = paddle.to_tensor(targets)
@@ -166,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_mlm": history,
         "perplexity": round(math.exp(history[-1]["loss"]), 2),
     }
-    (args.out / "pretrain.json").write_text(json.dumps(provenance, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    (args.out / "pretrain.json").write_text(
+        json.dumps(provenance, ensure_ascii=False, indent=2) + "\n", "utf-8"
+    )
     print(json.dumps(provenance, ensure_ascii=False, indent=2))
     return 0
 

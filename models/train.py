@@ -34,8 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dev", required=True, type=Path, help="dev file: early stopping and calibration")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--init", type=Path, help="paddlenlp-format ERNIE checkpoint folder to start from")
-    p.add_argument("--labels", type=Path, help="labels.txt (one per line): fixes the label order and rejects others")
-    p.add_argument("--arch", default="tiny", help="from-scratch architecture: tiny (default) or micro (tests)")
+    p.add_argument(
+        "--labels", type=Path, help="labels.txt (one per line): fixes the label order and rejects others"
+    )
+    p.add_argument(
+        "--arch", default="tiny", help="from-scratch architecture: tiny (default) or micro (tests)"
+    )
     p.add_argument("--max-seq-len", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--max-steps", type=int, default=0)
@@ -127,7 +131,9 @@ def train(args: argparse.Namespace) -> dict:
         "embedding_dim": backbone.config.hidden_size if args.task == "embedding" else None,
         "init": str(args.init) if args.init else None,
         "arch": asdict(ARCHS[args.arch]) if not args.init else None,
-        "backbone_config": {k: backbone.config.to_dict()[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
+        "backbone_config": {
+            k: backbone.config.to_dict()[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")
+        },
         "train": {"path": str(args.train), "sha256": file_sha256(args.train), "rows": len(train_data)},
         "dev": {"path": str(args.dev), "sha256": file_sha256(args.dev), "rows": len(dev_data)},
         "options": asdict(opts),
@@ -137,7 +143,10 @@ def train(args: argparse.Namespace) -> dict:
     (staging / "dev_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", "utf-8")
     shutil.rmtree(args.out, ignore_errors=True)
     staging.rename(args.out)
-    return {"out": str(args.out), "dev": {k: v for k, v in report.items() if k not in ("per_label", "training")}}
+    return {
+        "out": str(args.out),
+        "dev": {k: v for k, v in report.items() if k not in ("per_label", "training")},
+    }
 
 
 if __name__ == "__main__":

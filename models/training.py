@@ -45,7 +45,9 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
-def bucketed_batches(lengths: list[int], batch_size: int, rng: np.random.Generator, pool: int = 50) -> list[list[int]]:
+def bucketed_batches(
+    lengths: list[int], batch_size: int, rng: np.random.Generator, pool: int = 50
+) -> list[list[int]]:
     """Shuffled batches of similar length (less padding): sort within pools of `pool` batches, shuffle batches."""
     order = rng.permutation(len(lengths))
     batches = []
@@ -72,7 +74,9 @@ def _optimizer(net, total_steps: int, opts: TrainOptions):
 
 
 @paddle.no_grad()
-def forward_in_batches(net, tokenizer: ErnieTextTokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
+def forward_in_batches(
+    net, tokenizer: ErnieTextTokenizer, texts: list[str], batch_size: int = 128
+) -> np.ndarray:
     """Run the network in eval mode over texts, length-sorted for speed, results in input order."""
     was_training = net.training
     net.eval()
@@ -200,7 +204,10 @@ def train_encoder(
         texts_a = [positives[i][0] for i in batch]
         texts_b = [positives[i][1] for i in batch]
         clash = np.array(
-            [[i != j and (texts_a[i] == texts_a[j] or texts_b[i] == texts_b[j]) for j in range(len(batch))] for i in range(len(batch))]
+            [
+                [i != j and (texts_a[i] == texts_a[j] or texts_b[i] == texts_b[j]) for j in range(len(batch))]
+                for i in range(len(batch))
+            ]
         )
         if clash.any():
             sim = paddle.where(paddle.to_tensor(clash), paddle.full_like(sim, -1e4), sim)

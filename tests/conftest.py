@@ -36,7 +36,9 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     train = [r for label_rows in per_label.values() for r in label_rows[:12]]
     dev = [r for label_rows in per_label.values() for r in label_rows[12:16]]
     faq = read_jsonl(DATA / "faq_kb_demo" / "faq.jsonl")[:30]
-    pairs_train = [{"text_a": f["question"], "text_b": a, "label": 1} for f in faq for a in f["alternatives"][:-1]]
+    pairs_train = [
+        {"text_a": f["question"], "text_b": a, "label": 1} for f in faq for a in f["alternatives"][:-1]
+    ]
     pairs_dev = [{"text_a": f["question"], "text_b": f["alternatives"][-1], "label": 1} for f in faq]
     pairs_dev += [{"text_a": faq[0]["question"], "text_b": faq[1]["question"], "label": 0}]
     return {

@@ -46,7 +46,14 @@ def test_backbone_weights_come_from_the_checkpoint(local_checkpoint):
 
 def test_training_from_local_checkpoint(local_checkpoint, tiny_data, tmp_path):
     folder, _ = local_checkpoint
-    out = train_tiny("classification", tiny_data["cls_train"], tiny_data["cls_dev"], tmp_path / "run", "--init", str(folder))
+    out = train_tiny(
+        "classification",
+        tiny_data["cls_train"],
+        tiny_data["cls_dev"],
+        tmp_path / "run",
+        "--init",
+        str(folder),
+    )
     assert (out / "vocab.txt").read_text("utf-8") == (folder / "vocab.txt").read_text("utf-8")
     meta = json.loads((out / "training.json").read_text("utf-8"))
     assert meta["init"] == str(folder) and meta["backbone_config"]["hidden_size"] == 64

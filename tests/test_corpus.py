@@ -1,6 +1,5 @@
 """Bad training input is rejected with a message naming the file, the line and the problem."""
 
-
 import pytest
 
 from models.corpus import DataError, load_classification, load_pairs, read_records, retrieval_split
@@ -21,7 +20,9 @@ def test_missing_file(tmp_path):
 
 
 def test_missing_fields_named_with_line_numbers(tmp_path):
-    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "在吗", "label": "其他/闲聊"}, {"text": "退款"}, {"label": "退款"}])
+    path = write_jsonl(
+        tmp_path / "t.jsonl", [{"text": "在吗", "label": "其他/闲聊"}, {"text": "退款"}, {"label": "退款"}]
+    )
     with pytest.raises(DataError) as e:
         load_classification(path)
     msg = str(e.value)
@@ -57,7 +58,7 @@ def test_pairs_validation(tmp_path):
 
 def test_csv_formats(tmp_path):
     cls = tmp_path / "t.csv"
-    cls.write_text("text,label\n快递到哪了,物流查询\n\"你好,在吗\",其他/闲聊\n", encoding="utf-8")
+    cls.write_text('text,label\n快递到哪了,物流查询\n"你好,在吗",其他/闲聊\n', encoding="utf-8")
     assert [e.label for e in load_classification(cls)] == ["物流查询", "其他/闲聊"]
     pairs = tmp_path / "p.csv"
     pairs.write_text("text_a,text_b,label\n怎么退钱,如何申请退款,1\n", encoding="utf-8")
@@ -68,7 +69,12 @@ def test_retrieval_split_uses_positive_pairs_only():
     from models.corpus import PairExample
 
     kb, queries, gold = retrieval_split(
-        [PairExample("A", "a1", 1), PairExample("B", "b1", 1), PairExample("A", "a2", 1), PairExample("A", "x", 0)]
+        [
+            PairExample("A", "a1", 1),
+            PairExample("B", "b1", 1),
+            PairExample("A", "a2", 1),
+            PairExample("A", "x", 0),
+        ]
     )
     assert kb == ["A", "B"] and queries == ["a1", "b1", "a2"] and gold == [0, 1, 0]
 
@@ -76,16 +82,22 @@ def test_retrieval_split_uses_positive_pairs_only():
 def test_train_cli_rejects_bad_input_with_exit_2(tmp_path, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", [{"text": "快递呢", "label": "物流查询"}, {"text": "退钱"}])
     dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "快递呢", "label": "物流查询"}])
-    code = train_main(["--task", "intent", "--train", str(train), "--dev", str(dev), "--out", str(tmp_path / "o")])
+    code = train_main(
+        ["--task", "intent", "--train", str(train), "--dev", str(dev), "--out", str(tmp_path / "o")]
+    )
     assert code == 2
     assert "line 2: missing field(s) label" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
 def test_train_cli_rejects_dev_label_unseen_in_training(tmp_path, capsys):
-    train = write_jsonl(tmp_path / "train.jsonl", [{"text": "快递呢", "label": "物流查询"}, {"text": "退钱", "label": "退款"}])
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"text": "快递呢", "label": "物流查询"}, {"text": "退钱", "label": "退款"}]
+    )
     dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "我要投诉", "label": "投诉"}])
-    code = train_main(["--task", "intent", "--train", str(train), "--dev", str(dev), "--out", str(tmp_path / "o")])
+    code = train_main(
+        ["--task", "intent", "--train", str(train), "--dev", str(dev), "--out", str(tmp_path / "o")]
+    )
     assert code == 2
     assert "unknown label '投诉'" in capsys.readouterr().err
 
@@ -93,6 +105,8 @@ def test_train_cli_rejects_dev_label_unseen_in_training(tmp_path, capsys):
 def test_train_cli_rejects_pairs_without_positives(tmp_path, capsys):
     rows = [{"text_a": "a", "text_b": "b", "label": 0}]
     train, dev = write_jsonl(tmp_path / "t.jsonl", rows), write_jsonl(tmp_path / "d.jsonl", rows)
-    code = train_main(["--task", "faq", "--train", str(train), "--dev", str(dev), "--out", str(tmp_path / "o")])
+    code = train_main(
+        ["--task", "faq", "--train", str(train), "--dev", str(dev), "--out", str(tmp_path / "o")]
+    )
     assert code == 2
     assert "no positive pairs" in capsys.readouterr().err

@@ -15,7 +15,13 @@ from services.runtime.runner import PaddleRunner, RunnerSettings
 
 pytestmark = pytest.mark.slow
 
-TEXTS = ["在吗", "我的快递到哪了？订单号2023112345678", "退款什么时候到账", "iPhone15有货吗", "我要投诉你们的快递员态度太差了" * 3]
+TEXTS = [
+    "在吗",
+    "我的快递到哪了？订单号2023112345678",
+    "退款什么时候到账",
+    "iPhone15有货吗",
+    "我要投诉你们的快递员态度太差了" * 3,
+]
 
 
 def eager_outputs(checkpoint, ids):
@@ -56,8 +62,16 @@ def test_repository_layout_and_config(model_repo, tiny_data):
     faq = repo.config("faq")
     assert faq.task == Task.EMBEDDING and faq.outputs[0].name == "embedding"
     files = set(p.name for p in (model_repo / "intent" / "1").iterdir())
-    assert {"inference.json", "inference.pdiparams", "vocab.txt", "tokenizer.json", "labels.txt",
-            "evaluation.json", "training.json", "manifest.json"} <= files
+    assert {
+        "inference.json",
+        "inference.pdiparams",
+        "vocab.txt",
+        "tokenizer.json",
+        "labels.txt",
+        "evaluation.json",
+        "training.json",
+        "manifest.json",
+    } <= files
     report = repo.open("intent").evaluation()
     assert report["export_parity_max_abs_diff"] < 1e-4
     assert {"accuracy", "macro_f1", "ece", "per_label", "baseline"} <= set(report)

@@ -24,7 +24,9 @@ def test_temperature_scaling_fixes_overconfidence():
     t = fit_temperature(hot, y)
     assert 3.0 < t < 7.0
     assert nll(hot, y, t) < nll(hot, y, 1.0)
-    assert expected_calibration_error(calibrated_probs(hot, t), y) < expected_calibration_error(calibrated_probs(hot, 1.0), y)
+    assert expected_calibration_error(calibrated_probs(hot, t), y) < expected_calibration_error(
+        calibrated_probs(hot, 1.0), y
+    )
 
 
 def test_classification_report_fields():

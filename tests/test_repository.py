@@ -15,7 +15,9 @@ def test_version_policies():
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("name: intent\ntask: classification\ninputs: []\noutputs: []\nmax_batch_size: 0\nmax_seq_len: 32\nbogus: 1\n")
+    path.write_text(
+        "name: intent\ntask: classification\ninputs: []\noutputs: []\nmax_batch_size: 0\nmax_seq_len: 32\nbogus: 1\n"
+    )
     with pytest.raises(RepositoryError) as e:
         ModelConfig.load(path)
     assert "max_batch_size" in str(e.value) and "bogus" in str(e.value)

@@ -26,7 +26,9 @@ TRICKY = [
 
 
 def texts_for_parity() -> list[str]:
-    rows = read_jsonl(DATA / "intent_cs_demo" / "train.jsonl") + read_jsonl(DATA / "intent_cs_demo" / "dev.jsonl")
+    rows = read_jsonl(DATA / "intent_cs_demo" / "train.jsonl") + read_jsonl(
+        DATA / "intent_cs_demo" / "dev.jsonl"
+    )
     reviews = read_jsonl(DATA / "sentiment" / "dev.jsonl")[:800]
     faq = read_jsonl(DATA / "faq_kb_demo" / "faq.jsonl")
     return [r["text"] for r in rows + reviews] + [f["answer"] for f in faq] + TRICKY
@@ -45,7 +47,9 @@ def test_ids_identical_to_paddlenlp(vocab, tmp_path):
     texts = texts_for_parity()
     if vocab == "built":
         vocab_file = tmp_path / "vocab.txt"
-        write_vocab(build_char_vocab(texts[:500], min_freq=1), vocab_file)  # leaves many chars [UNK] on purpose
+        write_vocab(
+            build_char_vocab(texts[:500], min_freq=1), vocab_file
+        )  # leaves many chars [UNK] on purpose
     else:
         vocab_file = ROOT / "models" / "pretrained" / "ernie-tiny-cs" / "vocab.txt"
     ours = ErnieTextTokenizer(vocab_file, max_seq_len=64)
@@ -58,7 +62,13 @@ def test_padding_and_truncation(tmp_path):
     tok = ErnieTextTokenizer(vocab_file, max_seq_len=5)
     ids = tok(["你好", "你好世界你好世界"])
     assert ids.dtype.name == "int64" and ids.shape == (2, 5)
-    assert ids[0].tolist() == [tok.cls_id, tok.encode_ids(["你"])[0][1], tok.encode_ids(["好"])[0][1], tok.sep_id, tok.pad_id]
+    assert ids[0].tolist() == [
+        tok.cls_id,
+        tok.encode_ids(["你"])[0][1],
+        tok.encode_ids(["好"])[0][1],
+        tok.sep_id,
+        tok.pad_id,
+    ]
     assert ids[1, -1] == tok.sep_id
 
 

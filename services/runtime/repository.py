@@ -102,7 +102,9 @@ class ModelConfig(BaseModel):
             raise RepositoryError(f"{path}: {e}") from e
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), allow_unicode=True, sort_keys=False), "utf-8")
+        path.write_text(
+            yaml.safe_dump(self.model_dump(mode="json"), allow_unicode=True, sort_keys=False), "utf-8"
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -132,7 +134,9 @@ def verify_manifest(version_dir: Path) -> None:
     except (OSError, ValueError, KeyError) as e:
         raise ManifestError(f"{version_dir}: unreadable {MANIFEST}: {e}") from e
     present = {
-        p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file() and p.name != MANIFEST
+        p.relative_to(version_dir).as_posix()
+        for p in version_dir.rglob("*")
+        if p.is_file() and p.name != MANIFEST
     }
     if missing := sorted(set(listed) - present):
         raise ManifestError(f"{version_dir}: files listed in {MANIFEST} are missing: {missing}")
@@ -141,13 +145,22 @@ def verify_manifest(version_dir: Path) -> None:
     for name, meta in listed.items():
         actual = sha256_file(version_dir / name)
         if actual != meta["sha256"]:
-            raise ManifestError(f"{version_dir}: {name} has sha256 {actual[:12]}…, manifest says {meta['sha256'][:12]}…")
+            raise ManifestError(
+                f"{version_dir}: {name} has sha256 {actual[:12]}…, manifest says {meta['sha256'][:12]}…"
+            )
 
 
 class ModelVersion:
     """One exported version on disk, verified against its manifest when opened."""
 
-    def __init__(self, model_dir: Path, version: int, config: ModelConfig, verify: bool = True, path: Path | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        version: int,
+        config: ModelConfig,
+        verify: bool = True,
+        path: Path | None = None,
+    ):
         self.model_dir = model_dir
         self.version = version
         self.config = config

@@ -96,7 +96,9 @@ def build_config(version: ModelVersion, settings: RunnerSettings, max_batch_size
 def _enable_tensorrt(config, version: ModelVersion, settings: RunnerSettings, max_batch_size: int) -> None:
     paddle_infer = _paddle_inference()
     precision = (
-        paddle_infer.PrecisionType.Half if settings.tensorrt_precision == "fp16" else paddle_infer.PrecisionType.Float32
+        paddle_infer.PrecisionType.Half
+        if settings.tensorrt_precision == "fp16"
+        else paddle_infer.PrecisionType.Float32
     )
     config.enable_tensorrt_engine(
         workspace_size=settings.tensorrt_workspace_mb << 20,
@@ -128,13 +130,17 @@ class PaddleRunner:
             raise RunnerError(f"{version.path}: expected one input (input_ids), found {self._input_names}")
         actual_outputs = self._predictor.get_output_names()
         if len(actual_outputs) != len(self._output_names):
-            raise RunnerError(f"{version.path}: config.yaml lists outputs {self._output_names}, program has {actual_outputs}")
+            raise RunnerError(
+                f"{version.path}: config.yaml lists outputs {self._output_names}, program has {actual_outputs}"
+            )
         self._actual_outputs = actual_outputs
         log.info("loaded %s v%s on %s", version.name, version.version, self.settings.device)
 
     def run(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         if input_ids.ndim != 2 or input_ids.dtype != np.int64:
-            raise ValueError(f"input_ids must be an int64 [batch, seq] array, got {input_ids.dtype} {input_ids.shape}")
+            raise ValueError(
+                f"input_ids must be an int64 [batch, seq] array, got {input_ids.dtype} {input_ids.shape}"
+            )
         handle = self._predictor.get_input_handle(self._input_names[0])
         handle.reshape(list(input_ids.shape))
         handle.copy_from_cpu(np.ascontiguousarray(input_ids))
