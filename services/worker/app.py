@@ -1,0 +1,307 @@
+"""HTTP layer of the worker: Open Inference Protocol (KServe V2) REST routes, plus Triton's repository API.
+
+    GET  /v2                                       server metadata
+    GET  /v2/health/live | /v2/health/ready        liveness | readiness (every model loaded and warm)
+    GET  /v2/models/{name}[/versions/{v}]          model metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready    model readiness
+    POST /v2/models/{name}[/versions/{v}]/infer    inference: one BYTES input of UTF-8 texts
+    POST /v2/repository/index                      models in the repository and their state
+    POST /v2/repository/models/{name}/load|unload  hot (re)load per version policy | unload
+    GET  /metrics                                  Prometheus
+
+Errors have the protocol's body `{"error": "..."}`; this module alone maps domain errors to status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
+
+from services.runtime.repository import ModelRepository, Task
+from services.worker.errors import (
+    BatchTooLarge,
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidInput,
+    LoadFailed,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    WorkerError,
+)
+from services.worker.manager import ModelManager, ServedVersion
+from services.worker.metrics import WorkerMetrics
+from services.worker.protocol import (
+    InferenceRequest,
+    InferenceResponse,
+    LiveResponse,
+    MetadataTensor,
+    ModelMetadataResponse,
+    ReadyResponse,
+    ResponseOutput,
+    ServerMetadataResponse,
+)
+from services.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    InvalidInput: 400,
+    LoadFailed: 400,
+    ModelNotFound: 404,
+    BatchTooLarge: 413,
+    Overloaded: 429,
+    InferenceFailed: 500,
+    ModelNotReady: 503,
+    DeadlineExceeded: 504,
+}
+INPUT_NAME = "text"
+
+
+def error_response(error: WorkerError) -> JSONResponse:
+    status = next((code for cls, code in STATUS.items() if isinstance(error, cls)), 500)
+    headers = {}
+    if retry := getattr(error, "retry_after_s", None):
+        headers["Retry-After"] = str(retry)
+    return JSONResponse({"error": error.message}, status_code=status, headers=headers)
+
+
+def _describe_validation(e: ValidationError | RequestValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "invalid inference request: " + "; ".join(parts)
+
+
+def public_outputs(served: ServedVersion) -> list[MetadataTensor]:
+    if served.task == Task.CLASSIFICATION:
+        return [
+            MetadataTensor(name="probs", datatype="FP32", shape=[-1, len(served.labels)]),
+            MetadataTensor(name="label", datatype="BYTES", shape=[-1]),
+        ]
+    dim = served.config.outputs[0].dims[-1]
+    return [MetadataTensor(name="embedding", datatype="FP32", shape=[-1, dim])]
+
+
+def parse_texts(body: bytes, served: ServedVersion) -> tuple[InferenceRequest, list[str], list[str]]:
+    """Validate an inference request against the model; return it, its texts and the outputs asked for."""
+    try:
+        request = InferenceRequest.model_validate_json(body)
+    except ValidationError as e:
+        raise InvalidInput(_describe_validation(e)) from None
+    if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
+        names = [i.name for i in request.inputs]
+        raise InvalidInput(f"inputs: expected exactly one input named {INPUT_NAME!r}, got {names}")
+    tensor = request.inputs[0]
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(f"inputs[0] ({INPUT_NAME!r}): datatype must be BYTES, got {tensor.datatype}")
+    data = tensor.data
+    if data and all(isinstance(row, list) for row in data):  # [[..], [..]] for shape [N, 1]
+        data = [x for row in data for x in row]
+    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise InvalidInput(f"inputs[0] ({INPUT_NAME!r}): shape must be [N] or [N, 1], got {tensor.shape}")
+    if tensor.shape[0] != len(data):
+        raise InvalidInput(
+            f"inputs[0] ({INPUT_NAME!r}): shape {tensor.shape} does not match {len(data)} data elements"
+        )
+    if not data:
+        raise InvalidInput(f"inputs[0] ({INPUT_NAME!r}): no texts")
+    if len(data) > served.max_batch_size:
+        raise BatchTooLarge(
+            f"inputs[0] ({INPUT_NAME!r}): {len(data)} texts exceed max_batch_size {served.max_batch_size}"
+        )
+    for i, text in enumerate(data):
+        if not isinstance(text, str):
+            raise InvalidInput(
+                f"inputs[0] ({INPUT_NAME!r}): data[{i}] must be a UTF-8 string, got {type(text).__name__}"
+            )
+        if not text.strip():
+            raise InvalidInput(f"inputs[0] ({INPUT_NAME!r}): data[{i}] is empty")
+    available = [t.name for t in public_outputs(served)]
+    wanted = [o.name for o in request.outputs] if request.outputs else available
+    if unknown := [n for n in wanted if n not in available]:
+        raise InvalidInput(f"outputs: unknown output(s) {unknown}; this model has {available}")
+    return request, data, wanted
+
+
+def build_response(
+    served: ServedVersion, request: InferenceRequest, rows: list[dict], wanted: list[str]
+) -> dict:
+    outputs = []
+    n = len(rows)
+    for name in wanted:
+        if name == "label":
+            labels = [served.labels[int(r["probs"].argmax())] for r in rows]
+            outputs.append(ResponseOutput(name="label", shape=[n], datatype="BYTES", data=labels))
+        else:
+            width = len(rows[0][name])
+            flat = [round(float(x), 6) for r in rows for x in r[name]]
+            outputs.append(ResponseOutput(name=name, shape=[n, width], datatype="FP32", data=flat))
+    response = InferenceResponse(
+        model_name=served.name, model_version=str(served.number), id=request.id, outputs=outputs
+    )
+    return response.model_dump(exclude_none=True)
+
+
+def _version(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidInput(f"version must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def metrics_payload(registry: CollectorRegistry | None) -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry) if registry is not None else generate_latest()
+
+
+def create_app(
+    settings: WorkerSettings,
+    manager: ModelManager | None = None,
+    metrics: WorkerMetrics | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """Build the app. Tests pass their own manager (fake backends) and registry."""
+    if metrics is None:
+        metrics = WorkerMetrics(registry)
+    if manager is None:
+        manager = ModelManager(ModelRepository(settings.repository), settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await manager.start()
+        yield
+        await manager.close()
+
+    app = FastAPI(title="kefu inference worker", version="1.0", lifespan=lifespan)
+    app.state.manager = manager
+
+    @app.exception_handler(WorkerError)
+    async def _domain_error(_: Request, e: WorkerError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, e: RequestValidationError):
+        return error_response(InvalidInput(_describe_validation(e)))
+
+    @app.get("/v2", response_model=ServerMetadataResponse)
+    async def server_metadata():
+        return ServerMetadataResponse(name="kefu-worker", version="1.0", extensions=["model_repository"])
+
+    @app.get("/v2/health/live", response_model=LiveResponse)
+    async def live():
+        return LiveResponse(live=True)
+
+    @app.get("/v2/health/ready", response_model=ReadyResponse)
+    async def ready():
+        ok = manager.is_ready()
+        return JSONResponse(
+            ReadyResponse(ready=ok).model_dump(exclude_none=True), status_code=200 if ok else 503
+        )
+
+    @app.get("/v2/models/{name}", response_model=ModelMetadataResponse)
+    @app.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadataResponse)
+    async def model_metadata(name: str, version: str | None = None):
+        served = manager.get(name, _version(version))
+        params = {
+            "task": served.task.value,
+            "max_batch_size": served.max_batch_size,
+            "max_seq_len": served.max_seq_len,
+        }
+        if served.labels:
+            params["labels"] = served.labels
+        return ModelMetadataResponse(
+            name=name,
+            versions=[str(v) for v in manager.versions(name)],
+            platform=f"paddle_inference/{served.backend.name}",
+            inputs=[MetadataTensor(name=INPUT_NAME, datatype="BYTES", shape=[-1])],
+            outputs=public_outputs(served),
+            parameters=params,
+        )
+
+    @app.get("/v2/models/{name}/ready", response_model=ReadyResponse)
+    @app.get("/v2/models/{name}/versions/{version}/ready", response_model=ReadyResponse)
+    async def model_ready(name: str, version: str | None = None):
+        try:
+            manager.get(name, _version(version))
+            ok = True
+        except (ModelNotFound, ModelNotReady):
+            ok = False
+        return JSONResponse(ReadyResponse(name=name, ready=ok).model_dump(), status_code=200 if ok else 503)
+
+    @app.post("/v2/models/{name}/infer", response_model=InferenceResponse)
+    @app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferenceResponse)
+    async def infer(name: str, request: Request, version: str | None = None):
+        started = time.perf_counter()
+        served = manager.get(name, _version(version))
+        labels = (served.name, str(served.number))
+        inflight = metrics.inflight.labels(*labels)
+        inflight.inc()
+        try:
+            body = await request.body()
+            if len(body) > settings.max_request_bytes:
+                raise BatchTooLarge(f"request body of {len(body)} bytes exceeds {settings.max_request_bytes}")
+            req, texts, wanted = parse_texts(body, served)
+            rows = await served.infer(texts, settings.request_timeout_ms / 1000)
+            payload = build_response(served, req, rows, wanted)
+        except WorkerError:
+            metrics.failure.labels(*labels).inc()
+            raise
+        except Exception:
+            metrics.failure.labels(*labels).inc()
+            log.exception("inference on %s v%s failed", *labels)
+            raise InferenceFailed("internal error during inference") from None
+        finally:
+            inflight.dec()
+        metrics.success.labels(*labels).inc()
+        metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+        return Response(json.dumps(payload, ensure_ascii=False), media_type="application/json")
+
+    @app.post("/v2/repository/index")
+    async def repository_index():
+        on_disk = manager.repository.model_names()
+        return [
+            {
+                "name": n,
+                "versions": [str(v) for v in manager.versions(n)],
+                "state": "READY" if manager.is_ready(n) else "UNAVAILABLE",
+            }
+            for n in sorted(set(on_disk) | set(manager.names()))
+        ]
+
+    @app.post("/v2/repository/models/{name}/load")
+    async def load(name: str):
+        versions = await manager.load(name)
+        return {"name": name, "versions": [str(v) for v in versions], "state": "READY"}
+
+    @app.post("/v2/repository/models/{name}/unload")
+    async def unload(name: str):
+        await manager.unload(name)
+        return {"name": name, "state": "UNAVAILABLE"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics_payload(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for `python -m services.worker` (each server process builds its own app)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(WorkerSettings())

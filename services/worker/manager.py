@@ -1,0 +1,206 @@
+"""Which model versions serve: loading per version policy, warm-up, hot reload and unload.
+
+A (re)load builds and warms the new versions first, then swaps them in with one assignment; versions that
+left the policy drain (requests in flight finish on them) and close. A failed load leaves what served before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from services.runtime.repository import ModelConfig, ModelRepository, ModelVersion, RepositoryError, Task
+from services.worker.backends import Backend, create_backend
+from services.worker.batcher import BatcherConfig, DynamicBatcher
+from services.worker.errors import LoadFailed, ModelNotFound, ModelNotReady
+from services.worker.metrics import WorkerMetrics
+from services.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class ServedVersion:
+    """One loaded, warmed model version: tokenizer + backend + its own batcher."""
+
+    def __init__(
+        self, version: ModelVersion, backend: Backend, settings: WorkerSettings, metrics: WorkerMetrics
+    ):
+        self.name = version.name
+        self.number = version.version
+        self.config: ModelConfig = version.config
+        self.labels = version.labels
+        self.tokenizer = version.tokenizer()
+        self.backend = backend
+        self.max_seq_len = self.tokenizer.max_seq_len
+        self.seq_bucket = settings.seq_bucket
+        cap = settings.max_batch_size or self.config.max_batch_size
+        self.max_batch_size = min(cap, self.config.max_batch_size, backend.max_batch_size)
+        self.output_names = [o.name for o in self.config.outputs]
+        self.batcher = DynamicBatcher(
+            self._run,
+            BatcherConfig(
+                max_batch_size=self.max_batch_size,
+                max_queue_delay_ms=settings.max_queue_delay_ms,
+                max_batch_tokens=settings.max_batch_tokens,
+                capacity=settings.queue_capacity,
+            ),
+            observer=metrics.observer(self.name, self.number),
+            name=f"{self.name}-v{self.number}",
+        )
+
+    @property
+    def task(self) -> Task:
+        return self.config.task
+
+    def _padded_width(self, longest: int) -> int:
+        return min(self.max_seq_len, math.ceil(longest / self.seq_bucket) * self.seq_bucket)
+
+    def _run(self, items: list[list[int]]) -> list[dict[str, np.ndarray]]:
+        """Blocking: one padded batch through the engine, split back into one output dict per text."""
+        ids = self.tokenizer.pad(items, pad_to=self._padded_width(max(len(x) for x in items)))
+        outputs = self.backend.infer(ids)
+        missing = [n for n in self.output_names if n not in outputs]
+        if missing:
+            raise RuntimeError(f"engine returned no {missing}")
+        return [{n: outputs[n][i] for n in self.output_names} for i in range(len(items))]
+
+    def warm_up(self) -> None:
+        """Every length bucket at batch 1 and at the largest batch, so no live request pays for a first shape."""
+        tok = self.tokenizer
+        widths = sorted({*range(self.seq_bucket, self.max_seq_len + 1, self.seq_bucket), self.max_seq_len})
+        for width in widths:
+            row = [tok.cls_id] + [tok.unk_id] * (width - 2) + [tok.sep_id]
+            for batch in sorted({1, self.max_batch_size}):
+                self._run([row] * batch)
+
+    async def infer(self, texts: list[str], timeout_s: float) -> list[dict[str, np.ndarray]]:
+        ids = self.tokenizer.encode_ids(texts)
+        return await asyncio.gather(*(self.batcher.submit(x, len(x), timeout_s) for x in ids))
+
+
+class ModelManager:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        settings: WorkerSettings,
+        metrics: WorkerMetrics,
+        backend_factory: Callable[[ModelVersion], Backend] | None = None,
+    ):
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics
+        self._backend_factory = backend_factory or (lambda v: create_backend(settings.backend, v))
+        self._serving: dict[str, dict[int, ServedVersion]] = {}
+        self._loading: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._wanted: list[str] = []
+
+    # ---- queries ---------------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._serving)
+
+    def get(self, name: str, version: int | None = None) -> ServedVersion:
+        versions = self._serving.get(name)
+        if not versions:
+            if name in self._loading:
+                raise ModelNotReady(f"model {name!r} is loading")
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        if version is None:
+            return versions[max(versions)]
+        if version not in versions:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version} serving (serving: {sorted(versions)})"
+            )
+        return versions[version]
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._serving.get(name, {}))
+
+    def is_ready(self, name: str | None = None) -> bool:
+        if name is not None:
+            return bool(self._serving.get(name))
+        return all(self._serving.get(n) for n in self._wanted) and not self._loading
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._wanted = self.settings.model_names or self.repository.model_names()
+        self._loading.update(self._wanted)
+        for name in self._wanted:
+            try:
+                await self.load(name)
+            except LoadFailed as e:
+                log.error("%s", e)
+
+    async def load(self, name: str) -> list[int]:
+        """Load (or reload) the versions the policy selects; returns the versions now serving."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            self._loading.add(name)
+            try:
+                return await self._load_locked(name)
+            finally:
+                self._loading.discard(name)
+
+    async def _load_locked(self, name: str) -> list[int]:
+        try:
+            config = self.repository.config(name)
+            wanted = config.version_policy.select(self.repository.versions(name))
+        except (RepositoryError, OSError) as e:
+            raise LoadFailed(f"cannot load {name!r}: {e}") from e
+        if not wanted:
+            raise LoadFailed(f"cannot load {name!r}: its version policy selects no version on disk")
+        current = self._serving.get(name, {})
+        fresh: dict[int, ServedVersion] = {}
+        try:
+            for number in wanted:
+                if number in current and current[number].config == config:
+                    continue
+                fresh[number] = await asyncio.to_thread(self._build, name, number)
+                if self.settings.warmup:
+                    await asyncio.to_thread(fresh[number].warm_up)
+        except Exception as e:
+            for served in fresh.values():
+                await served.batcher.close(drain=False)
+            raise LoadFailed(f"cannot load {name!r}: {e}") from e
+        for served in fresh.values():
+            served.batcher.start()
+        serving = {n: fresh.get(n) or current[n] for n in wanted}
+        self._serving[name] = serving  # the switch: new requests go to the new set from here on
+        for number, served in current.items():
+            if serving.get(number) is not served:
+                asyncio.get_running_loop().create_task(self._retire(served))
+        for number in serving:
+            self.metrics.ready.labels(name, str(number)).set(1)
+        if name not in self._wanted:
+            self._wanted.append(name)
+        log.info("%s: serving versions %s", name, sorted(serving))
+        return sorted(serving)
+
+    def _build(self, name: str, number: int) -> ServedVersion:
+        version = self.repository.open(name, number)  # verifies the manifest
+        return ServedVersion(version, self._backend_factory(version), self.settings, self.metrics)
+
+    async def _retire(self, served: ServedVersion) -> None:
+        await served.batcher.close(drain=True)
+        self.metrics.ready.labels(served.name, str(served.number)).set(0)
+        log.info("%s: version %s retired", served.name, served.number)
+
+    async def unload(self, name: str) -> None:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            versions = self._serving.pop(name, None)
+            if versions is None:
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            if name in self._wanted:
+                self._wanted.remove(name)
+            await asyncio.gather(*(self._retire(s) for s in versions.values()))
+
+    async def close(self) -> None:
+        for name in list(self._serving):
+            await asyncio.gather(*(self._retire(s) for s in self._serving.pop(name).values()))
