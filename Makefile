@@ -7,13 +7,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data
 REPO   ?= model_repository
+HOST   ?= 127.0.0.1
+WORKER_PORT ?= 8001
+WORKER_PROCESSES ?= 2
 # On AMD CPUs MKL picks slow kernels unless told otherwise (halves training step time here).
 export MKL_DEBUG_CPU_TYPE ?= 5
 export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks bench pretrain default-data locks clean
+.PHONY: help setup run test test-fast lint models benchmarks bench bench-runner bench-worker pretrain default-data locks clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,8 +34,10 @@ $(VENV)/.installed: pyproject.toml requirements/dev.lock
 $(REPO)/.built: | $(VENV)/.installed
 	$(MAKE) models
 
-run: setup $(REPO)/.built ## set up, build the default models if missing, and run the service
+run: setup $(REPO)/.built ## set up, build the default models if missing, and run the service (Ctrl-C stops it)
 	@$(PY) -m services.runtime.status --repository $(REPO)
+	@echo ">> try: curl -s -XPOST http://$(HOST):$(WORKER_PORT)/v2/models/intent/infer -d '{\"inputs\":[{\"name\":\"text\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"我的快递到哪了\"]}]}'"
+	$(PY) -m services.worker --repository $(REPO) --host $(HOST) --port $(WORKER_PORT) --processes $(WORKER_PROCESSES)
 
 test: setup ## run the test suite
 	$(PY) -m pytest -q
@@ -51,8 +56,13 @@ models: setup ## train, evaluate and export intent / sentiment / faq into $(REPO
 benchmarks: setup ## train + export + dev-evaluate one model per benchmark dataset into benchmark_repository/ (DATA=../shared/data)
 	$(PY) -m models.benchmarks --data $(DATA) --repository benchmark_repository
 
-bench: setup $(REPO)/.built ## side-by-side inference benchmark of the exported models
+bench: bench-runner bench-worker ## every benchmark below
+
+bench-runner: setup $(REPO)/.built ## engine only: Paddle Inference oneDNN vs plain CPU, batch 1/8/32
 	$(PY) -m bench.runner_bench --repository $(REPO)
+
+bench-worker: setup $(REPO)/.built ## naive one-at-a-time server vs batching worker (vs onnxruntime) at concurrency 1/8/32/64
+	$(PY) -m bench.worker_bench --repository $(REPO)
 
 pretrain: setup ## reproduce models/pretrained/ernie-tiny-cs (MLM on every train split under DATA; ~30 min)
 	$(PY) -m models.pretrain --data $(DATA) --out models/pretrained/ernie-tiny-cs --steps 5000

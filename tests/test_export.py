@@ -127,3 +127,39 @@ def test_manifest_tampering_refused(model_repo, tmp_path, tamper):
         match = "unreadable manifest.json"
     with pytest.raises(ManifestError, match=match):
         ModelRepository(repo_dir).open("intent", 1)
+
+
+def test_evaluate_cli_classification_report(model_repo, tiny_data, capsys):
+    from models.evaluate import main
+
+    assert main(["--model", str(model_repo / "intent" / "1"), "--data", str(tiny_data["cls_dev"])]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"] == "classification" and report["n"] == 40
+    assert {"accuracy", "macro_f1", "ece", "per_label"} <= set(report)
+    assert set(report["per_label"]) == set(tiny_data["labels"])
+    assert (
+        report["baseline"]["name"] == "tfidf_char_1-3gram_logreg" and 0 <= report["baseline"]["macro_f1"] <= 1
+    )
+
+
+def test_evaluate_cli_retrieval_report(model_repo, tiny_data, capsys):
+    from models.evaluate import main
+
+    assert main(["--model", str(model_repo / "faq"), "--data", str(tiny_data["pairs_dev"])]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"] == "embedding" and report["kb_size"] == 30 and report["n_queries"] == 30
+    for key in ("recall_at_1", "recall_at_5", "recall_at_10", "mrr"):
+        assert 0 <= report[key] <= 1
+    assert report["recall_at_1"] <= report["recall_at_5"] <= report["recall_at_10"]
+    assert set(report["baseline"]) == {"tfidf", "bm25"}
+
+
+def test_evaluate_cli_rejects_bad_data_and_bad_model(model_repo, tmp_path, capsys):
+    from models.evaluate import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "你好", "label": "不存在的标签"}\n', encoding="utf-8")
+    assert main(["--model", str(model_repo / "intent" / "1"), "--data", str(bad)]) == 2
+    assert "unknown label '不存在的标签'" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path), "--data", str(bad)]) == 2
+    assert "neither a model folder" in capsys.readouterr().err
