@@ -62,7 +62,7 @@ def test_results_map_one_to_one_and_full_batches_go_at_once():
 def test_delay_is_timed_from_the_first_waiting_request():
     async def main():
         rec = Recorder()
-        b = make(rec, max_batch_size=8, max_queue_delay_ms=100)
+        b = make(rec, max_batch_size=8, max_queue_delay_ms=100, adaptive_delay=False)
         b.start()
         t0 = time.monotonic()
         first = asyncio.create_task(b.submit("a", 3))
@@ -226,3 +226,26 @@ def test_close_drains_in_flight_entries():
         return await asyncio.gather(*tasks)
 
     assert run(main()) == [f"out:{i}" for i in range(5)]
+
+
+def test_adaptive_delay_lone_requests_do_not_wait_but_bursts_do():
+    async def main():
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, max_queue_delay_ms=100)
+        b.start()
+        t0 = time.monotonic()
+        await b.submit("lone", 1)
+        lone_latency = time.monotonic() - t0
+        await asyncio.sleep(0.15)  # quiet again
+        t0 = time.monotonic()
+        first = asyncio.create_task(b.submit("burst-1", 1))
+        await asyncio.sleep(0)  # "burst-1" is dispatched at once: nothing arrived recently
+        more = [asyncio.create_task(b.submit(f"burst-{i}", 1)) for i in (2, 3)]
+        await asyncio.gather(first, *more)
+        await b.close()
+        return rec, lone_latency
+
+    rec, lone_latency = run(main())
+    assert lone_latency < 0.05  # did not wait the 100 ms delay
+    assert rec.batches[0] == ["lone"] and rec.batches[1] == ["burst-1"]
+    assert sorted(rec.batches[2]) == ["burst-2", "burst-3"]  # arrived together: waited for each other

@@ -8,7 +8,9 @@ Batch forming:
 - the oldest waiting entry always goes first (no starvation; an entry too costly for the token budget still
   runs, alone, instead of hanging);
 - the batch waits for more entries until it is full or `max_queue_delay_ms` has passed since the *first*
-  waiting entry arrived;
+  waiting entry arrived; with `adaptive_delay` (default) a lone entry on an idle engine does not wait at all
+  unless the entry before it arrived less than `max_queue_delay_ms` earlier: waiting only pays when traffic is
+  concurrent, and a quiet server answers at single-request latency;
 - it is filled with the entries closest in length to the oldest, while `batch size x longest <= max_batch_tokens`,
   so short messages are not padded to long ones.
 
@@ -68,6 +70,7 @@ class BatcherConfig:
     max_queue_delay_ms: float = 1.0
     max_batch_tokens: int = 4096
     capacity: int = 256  # waiting entries before new ones are refused
+    adaptive_delay: bool = True  # skip the wait for a lone entry when nothing else arrived recently
 
     def __post_init__(self):
         if (
@@ -98,6 +101,8 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._running_batch = False
+        self._previous_arrival = -float("inf")  # monotonic time of the entry before the newest one
+        self._last_arrival = -float("inf")
         self.name = name
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -144,6 +149,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s if timeout_s is not None else None
         entry = Entry(item, cost, deadline, loop.create_future())
+        self._previous_arrival, self._last_arrival = self._last_arrival, entry.arrived
         self._queue.append(entry)
         self._observer.queue_depth(len(self._queue))
         self._wakeup.set()
@@ -180,7 +186,14 @@ class DynamicBatcher:
         """Return when the queue holds a full batch or the first waiting entry has waited max_queue_delay_ms."""
         loop = asyncio.get_running_loop()
         delay = self.config.max_queue_delay_ms / 1000
-        first_arrival = loop.time() - (time.monotonic() - self._queue[0].arrived)
+        first = self._queue[0]
+        if (
+            self.config.adaptive_delay
+            and len(self._queue) == 1
+            and first.arrived - self._previous_arrival > delay
+        ):
+            return  # a lone request on a quiet server: company is unlikely, do not make it wait
+        first_arrival = loop.time() - (time.monotonic() - first.arrived)
         while len(self._queue) < self.config.max_batch_size and not self._closing:
             remaining = first_arrival + delay - loop.time()
             if remaining <= 0:

@@ -45,6 +45,7 @@ class ServedVersion:
             BatcherConfig(
                 max_batch_size=self.max_batch_size,
                 max_queue_delay_ms=settings.max_queue_delay_ms,
+                adaptive_delay=settings.adaptive_queue_delay,
                 max_batch_tokens=settings.max_batch_tokens,
                 capacity=settings.queue_capacity,
             ),

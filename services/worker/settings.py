@@ -30,6 +30,9 @@ class WorkerSettings(BaseSettings):
     max_queue_delay_ms: float = Field(
         1.0, ge=0, description="longest a batch waits for more texts, timed from the first waiting text"
     )
+    adaptive_queue_delay: bool = Field(
+        True, description="a lone text on an idle engine skips the queue delay unless traffic is concurrent"
+    )
     max_batch_tokens: int = Field(4096, ge=1, description="batch size x padded length budget per batch")
     queue_capacity: int = Field(512, ge=1, description="texts waiting per model version before 429")
     request_timeout_ms: int = Field(10000, ge=1, description="deadline of a request inside the worker")
