@@ -22,7 +22,7 @@ import numpy as np
 
 from models.corpus import read_records
 from models.vocab import build_char_vocab, write_vocab
-from services.runtime.tokenizer import ErnieTextTokenizer
+from services.runtime.tokenizer import SPECIAL_TOKENS, ErnieTextTokenizer
 
 TEXT_FIELDS = ("text", "text_a", "text_b", "question", "answer", "query")
 
@@ -62,8 +62,7 @@ def mask_tokens(
     roll = rng.random(batch.shape)
     inputs[chosen & (roll < 0.8)] = tokenizer.mask_id
     random_slots = chosen & (roll >= 0.8) & (roll < 0.9)
-    inputs[random_slots] = rng.integers(len_special := 5, tokenizer.vocab_size, size=random_slots.sum())
-    assert len_special == 5
+    inputs[random_slots] = rng.integers(len(SPECIAL_TOKENS), tokenizer.vocab_size, size=random_slots.sum())
     positions = np.flatnonzero(chosen.reshape(-1)).astype(np.int64)
     return inputs, positions, batch.reshape(-1)[positions]
 
