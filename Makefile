@@ -46,8 +46,8 @@ test-fast: setup ## unit tests only (no model training)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup ## ruff
-	$(VENV)/bin/ruff check services models export tests
-	$(VENV)/bin/ruff format --check services models export tests
+	$(VENV)/bin/ruff check services models export bench tests
+	$(VENV)/bin/ruff format --check services models export bench tests
 
 models: setup ## train, evaluate and export intent / sentiment / faq into $(REPO)/ (about 15-20 min on 2 cores)
 	$(PY) -m models.defaults --repository $(REPO)
