@@ -18,7 +18,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-IMAGE="${KEFU_GPU_IMAGE:-ccr-2vdh3abv-pub.cnc.bj.baidubce.com/paddlepaddle/paddle:3.3.1-gpu-cuda12.6-cudnn9.5-trt10.5}"
+IMAGE="${KEFU_GPU_IMAGE:-ccr-2vdh3abv-pub.cnc.bj.baidubce.com/paddlepaddle/paddle:3.0.0-gpu-cuda12.6-cudnn9.5-trt10.5}"
 PADDLE_INDEX="${KEFU_PADDLE_INDEX:-https://www.paddlepaddle.org.cn/packages/stable/cu126/}"
 PADDLE_GPU_VERSION="${KEFU_PADDLE_GPU_VERSION:-3.3.1}"  # the CPU wheel that exported the models is 3.3.1
 VENV="${KEFU_GPU_VENV:-$HOME/.cache/kefu/venv-gpu}"
@@ -111,12 +111,12 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 is_py311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1; }
-has_paddle3_gpu() {
-    "$1" - >/dev/null 2>&1 <<'EOF'
+has_paddle3_gpu() { # the exact Paddle that exported the models: an older 3.x may refuse a newer PIR program
+    KEFU_WANT="$PADDLE_GPU_VERSION" "$1" - >/dev/null 2>&1 <<'EOF'
+import os
 import sys
 import paddle
-sys.exit(not (int(paddle.__version__.split(".")[0]) >= 3 or paddle.__version__ == "0.0.0")
-         or not paddle.device.is_compiled_with_cuda())
+sys.exit(paddle.__version__ != os.environ["KEFU_WANT"] or not paddle.device.is_compiled_with_cuda())
 EOF
 }
 
