@@ -374,3 +374,20 @@ def test_metrics_use_the_documented_names(model_repo):
     families = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("kefu_")}
     assert all(n.startswith("kefu_worker_") for n in families)
     assert "在吗" not in text  # no user text in metrics
+
+
+def test_a_request_that_does_not_fit_is_refused_whole(model_repo):
+    async def main():
+        factory = lambda v: FakeBackend(v, delay_s=0.2)  # noqa: E731
+        async with worker(model_repo, factory, queue_capacity=4, max_batch_size=8, max_queue_delay_ms=0) as c:
+            running = asyncio.create_task(c.post("/v2/models/intent/infer", json=infer_body(["先来的"])))
+            await asyncio.sleep(0.05)
+            refused = await c.post("/v2/models/intent/infer", json=infer_body([f"问{i}" for i in range(5)]))
+            depth_after = c.manager.get("intent").batcher.depth
+            fits = await c.post("/v2/models/intent/infer", json=infer_body([f"问{i}" for i in range(4)]))
+            return refused, depth_after, fits, await running
+
+    refused, depth_after, fits, running = run(main())
+    assert refused.status_code == 429 and "queue full (0 of 4 waiting)" in refused.json()["error"]
+    assert depth_after == 0  # none of the refused request's texts were left queued
+    assert fits.status_code == 200 and running.status_code == 200

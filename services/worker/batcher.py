@@ -140,12 +140,18 @@ class DynamicBatcher:
 
     # ---- submission ------------------------------------------------------------------------------------
 
-    async def submit(self, item: Any, cost: int, timeout_s: float | None = None) -> Any:
-        """Queue one item and wait for its result. Raises Overloaded at once when the queue is full."""
+    def reserve(self, n: int) -> None:
+        """Raise Overloaded now unless `n` more entries fit in the queue (a request's texts go in together)."""
         if self._closing:
             raise Overloaded("the model version is unloading; retry")
-        if len(self._queue) >= self.config.capacity:
-            raise Overloaded(f"queue full ({self.config.capacity} waiting); retry later", retry_after_s=1)
+        if len(self._queue) + n > self.config.capacity:
+            raise Overloaded(
+                f"queue full ({len(self._queue)} of {self.config.capacity} waiting); retry later"
+            )
+
+    async def submit(self, item: Any, cost: int, timeout_s: float | None = None) -> Any:
+        """Queue one item and wait for its result. Raises Overloaded at once when the queue is full."""
+        self.reserve(1)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s if timeout_s is not None else None
         entry = Entry(item, cost, deadline, loop.create_future())

@@ -79,8 +79,17 @@ class ServedVersion:
                 self._run([row] * batch)
 
     async def infer(self, texts: list[str], timeout_s: float) -> list[dict[str, np.ndarray]]:
+        """All texts of a request are admitted together or refused together; if one fails, the rest are
+        cancelled (and dropped by the batcher before they cost engine time)."""
+        self.batcher.reserve(len(texts))
         ids = self.tokenizer.encode_ids(texts)
-        return await asyncio.gather(*(self.batcher.submit(x, len(x), timeout_s) for x in ids))
+        tasks = [asyncio.ensure_future(self.batcher.submit(x, len(x), timeout_s)) for x in ids]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
 
 
 class ModelManager:
