@@ -142,7 +142,9 @@ class FaqEntry(BaseModel):
     category: str = Field("", description="business category, e.g. 物流查询; empty = none")
     alternatives: list[str] = Field(default_factory=list, description="alternative phrasings (相似问)")
     tags: list[str] = Field(default_factory=list, description="keywords, e.g. 顺丰, 电子发票")
-    updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC), description="last change, UTC")
+    updated_at: datetime = Field(
+        default_factory=lambda: utc_ms(datetime.now(UTC)), description="last change, UTC"
+    )
 
     def __init__(self, **data: Any):
         try:

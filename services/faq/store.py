@@ -7,8 +7,12 @@ Contract (tests/test_faq_store_contract.py runs it against every implementation)
 - `upsert` validates the whole batch first and writes nothing if any entry is refused: a phrasing that belongs
   to another FAQ (stored, or elsewhere in the batch) raises `DuplicateQuestion`; a faq_id twice in the batch or
   a vector of the wrong shape raises `InvalidFaq`. Upserting an existing faq_id replaces all its phrasings.
+  (A backend failure part-way through a large batch can leave part of it written: upserts are idempotent,
+  retry.) The duplicate check is check-then-write: concurrent writers in several processes must be serialised
+  by the caller (the admin API).
 - `search` answers FAQs, not phrasings: the best phrasing per FAQ, best first, scores normalised 0..1 as
-  `services/faq/scoring.py` documents. Writes are visible to search as soon as `upsert`/`delete` return.
+  `services/faq/scoring.py` documents. Writes are visible to search as soon as `upsert`/`delete` return
+  (on Milvus with the default Strong consistency).
 - `list` orders by faq_id. `delete` ignores unknown ids and returns how many FAQs it removed.
 """
 
@@ -233,12 +237,13 @@ class InMemoryFaqStore(FaqStore):
     def upsert(self, entries: Sequence[FaqEntry], vectors: Sequence[np.ndarray]) -> int:
         owner = check_batch(entries)
         vecs = check_vectors(entries, vectors, self.dim)
+        texts = {phrasing_key(p): p for e in entries for p in e.phrasings}
         with self._lock:
             ids = {e.faq_id for e in entries}
             for row in self._rows:
                 other = owner.get(row["key"])
-                if other is not None and row["faq_id"] not in ids and row["faq_id"] != other:
-                    raise DuplicateQuestion(row["text"], other, row["faq_id"])
+                if other is not None and row["faq_id"] not in ids:
+                    raise DuplicateQuestion(texts[row["key"]], other, row["faq_id"])
             kept = [(r, v) for r, v in zip(self._rows, self._vectors, strict=True) if r["faq_id"] not in ids]
             for e, v in zip(entries, vecs, strict=True):
                 self._entries[e.faq_id] = e
@@ -274,7 +279,13 @@ class InMemoryFaqStore(FaqStore):
         chosen.sort(key=lambda e: e.faq_id)
         return chosen[offset : offset + limit], len(chosen)
 
-    def search(self, query_text, query_vector, top_k=5, mode="hybrid") -> list[FaqHit]:
+    def search(
+        self,
+        query_text: str | None,
+        query_vector: np.ndarray | Sequence[float] | None,
+        top_k: int = 5,
+        mode: SearchMode = "hybrid",
+    ) -> list[FaqHit]:
         text, vec = check_query(query_text, query_vector, top_k, mode, self.dim)
         if mode == "hybrid" and not char_bigrams(text):
             mode = "dense"

@@ -1,0 +1,100 @@
+"""A `MilvusClient` and what it is connected to; owns the lifetime of an embedded milvus-lite.
+
+For a `.db` uri pymilvus starts milvus-lite inside this process (a gRPC server thread holding the file's
+lock) and never stops it. Here every connection to a file is counted, and the last one to close flushes and
+stops that server, so the file can be reopened (by this process or another) and nothing is left buffered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from pymilvus import MilvusClient
+
+from services.faq.domain import FaqError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_users: dict[str, int] = {}  # absolute .db path -> open connections in this process
+
+
+@contextmanager
+def backend_call(what: str):
+    """Anything the client raises becomes `StoreUnavailable` naming the operation; domain errors pass."""
+    try:
+        yield
+    except FaqError:
+        raise
+    except Exception as e:
+        raise StoreUnavailable(f"milvus {what} failed: {e}") from e
+
+
+def is_missing(error: Exception) -> bool:
+    """The error says a collection (or alias target) does not exist."""
+    msg = str(error).lower()
+    return getattr(error, "code", None) == 100 or "not exist" in msg or "not found" in msg
+
+
+class MilvusConnection:
+    """`backend`: milvus-lite (embedded file), milvus-lite-server, or milvus."""
+
+    def __init__(self, uri: str, token: str | None = None, timeout_s: float = 10.0):
+        self.uri = uri
+        self.embedded = str(uri).endswith(".db")
+        self._path = os.path.abspath(uri) if self.embedded else None
+        self._counted = False
+        if self.embedded:
+            if not Path(self._path).parent.is_dir():
+                raise StoreUnavailable(f"milvus-lite: directory of {uri} does not exist")
+            with _lock:
+                _users[self._path] = _users.get(self._path, 0) + 1
+            self._counted = True
+        try:
+            self.client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+        except Exception as e:
+            self._release()
+            hint = (
+                "; a .db file serves one process, several need `milvus-lite server`" if self.embedded else ""
+            )
+            raise StoreUnavailable(f"cannot connect to {uri}: {e}{hint}") from e
+        try:
+            self.server_version = str(self.client.get_server_version())
+        except Exception:
+            self.server_version = "unknown"
+        self.lite = self.embedded or self.server_version.startswith("milvus_lite")
+        self.backend = "milvus-lite" if self.embedded else ("milvus-lite-server" if self.lite else "milvus")
+
+    def close(self, flush: str | None = None) -> None:
+        """Closes the client; on milvus-lite flushes `flush` first (it persists its memtable on flush)."""
+        if self.lite and flush:
+            try:
+                self.client.flush(flush)
+            except Exception as e:
+                log.warning("flush of %s before close failed: %s", flush, e)
+        try:
+            self.client.close()
+        except Exception:
+            pass
+        self._release()
+
+    def _release(self) -> None:
+        if not self._counted:
+            return
+        self._counted = False
+        with _lock:
+            left = _users.get(self._path, 0) - 1
+            if left > 0:
+                _users[self._path] = left
+                return
+            _users.pop(self._path, None)
+            try:  # stop the in-process server: the file is closed and can be reopened
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self._path)
+            except Exception as e:
+                log.warning("could not release milvus-lite for %s: %s", self._path, e)

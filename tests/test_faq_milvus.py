@@ -1,0 +1,316 @@
+"""MilvusFaqStore beyond the contract: persistence, BM25 fallback, zero-downtime re-index, milvus-lite server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pymilvus import MilvusException
+
+from services.faq.domain import FaqEntry, ModeNotSupported, ReindexFailed, kb_terms
+from services.faq.milvus_store import MilvusFaqStore
+from services.faq.reindex import reindex
+from services.faq.store import embed_entries
+from services.faq.testing import FailingEmbedder, HashingEmbedder, load_demo_kb
+
+ROOT = Path(__file__).resolve().parent.parent
+DIM = 64
+V1 = HashingEmbedder(DIM)
+V2 = HashingEmbedder(DIM, salt="v2")
+KB = load_demo_kb()
+TERMS = kb_terms(KB)
+QUERY = "能不能发顺丰"
+
+
+def open_store(uri: str, **kw) -> MilvusFaqStore:
+    kw.setdefault("embedder_version", V1.version)
+    return MilvusFaqStore(uri, "faq", DIM, jieba_words=TERMS, **kw)
+
+
+def loaded(uri: str, entries=KB, embedder=V1) -> MilvusFaqStore:
+    store = open_store(uri, embedder_version=embedder.version)
+    store.upsert(entries, embed_entries(embedder, entries))
+    return store
+
+
+def factory(uri: str, embedder):
+    return lambda name: MilvusFaqStore(
+        uri, "faq", DIM, physical_collection=name, embedder_version=embedder.version, jieba_words=TERMS
+    )
+
+
+def marked(entries: list[FaqEntry], mark: str) -> list[FaqEntry]:
+    return [FaqEntry(**{**e.model_dump(), "answer": f"{mark} {e.answer}"}) for e in entries]
+
+
+class Searcher:
+    """Searches through the alias in a loop (as the gateway would) and records every outcome."""
+
+    def __init__(self, store: MilvusFaqStore):
+        self.store, self.errors, self.results = store, [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._vector = V1.embed([QUERY])[0]
+
+    def _run(self):
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                hits = self.store.search(QUERY, self._vector, top_k=3, mode="hybrid")
+                self.results.append((started, [h.answer for h in hits]))
+            except Exception as e:  # any failure counts
+                self.errors.append(repr(e))
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self._thread.start()
+        time.sleep(0.2)
+        return self
+
+    def settle(self, n: int = 3, timeout: float = 20.0) -> float:
+        """Waits until `n` searches started after this call have finished; returns the call's time."""
+        now = time.monotonic()
+        while sum(1 for t, _ in self.results if t > now) < n and not self.errors:
+            assert time.monotonic() < now + timeout, "the searcher stalled"
+            time.sleep(0.02)
+        return now
+
+    def __exit__(self, *exc):
+        self.settle()
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_data_survives_close_and_reopen(tmp_path):
+    uri = str(tmp_path / "faq.db")
+    store = loaded(uri)
+    collection = store.physical_collection
+    before = store.search(QUERY, V1.embed([QUERY])[0], top_k=3)
+    store.close()
+    store.close()  # idempotent
+
+    again = open_store(uri)
+    try:
+        assert again.count() == 91 and again.row_count() == 426
+        assert again.physical_collection == collection
+        assert again.get("faq-004") == next(e for e in KB if e.faq_id == "faq-004")
+        after = again.search(QUERY, V1.embed([QUERY])[0], top_k=3)
+        assert [(h.faq_id, h.matched_text) for h in after] == [(h.faq_id, h.matched_text) for h in before]
+        assert [h.score for h in after] == pytest.approx([h.score for h in before], abs=1e-3)
+        assert again.health()["bm25_supported"] is True
+    finally:
+        again.close()
+
+
+def test_dimension_mismatch_is_refused(tmp_path):
+    uri = str(tmp_path / "faq.db")
+    open_store(uri).close()
+    with pytest.raises(Exception, match="dense dim"):
+        MilvusFaqStore(uri, "faq", 32)
+
+
+@pytest.mark.parametrize("server", ["refuses", "ignores"])
+def test_without_bm25_the_store_runs_dense_only(tmp_path, monkeypatch, caplog, server):
+    original = MilvusFaqStore._create_with
+
+    def old_milvus(self, name, bm25):
+        if bm25 and server == "refuses":  # Milvus 2.3: unknown function / sparse type
+            raise MilvusException(message="BM25 function is not supported")
+        return original(self, name, False)  # Milvus 2.4: the function is silently dropped
+
+    monkeypatch.setattr(MilvusFaqStore, "_create_with", old_milvus)
+    with caplog.at_level(logging.WARNING, logger="services.faq.milvus_store"):
+        store = loaded(str(tmp_path / "faq.db"))
+    try:
+        assert "BM25 not supported" in caplog.text
+        assert store.health()["bm25_supported"] is False
+        hits = store.search(QUERY, V1.embed([QUERY])[0], top_k=3, mode="hybrid")
+        assert hits[0].faq_id == "faq-004" and {h.source for h in hits} == {"dense"}
+        with pytest.raises(ModeNotSupported):
+            store.search(QUERY, None, top_k=3, mode="bm25")
+    finally:
+        store.close()
+
+
+def test_reindex_switches_the_alias_under_concurrent_searches(tmp_path):
+    uri = str(tmp_path / "faq.db")
+    serving = loaded(uri, marked(KB, "[v1]"))
+    old = serving.physical_collection
+    try:
+        with Searcher(serving) as searcher:
+            report = reindex(factory(uri, V2), marked(KB, "[v2]"), V2, "faq", batch_size=40, drop_grace_s=0.2)
+            switched = searcher.settle()
+        assert searcher.errors == []
+        assert all(answers for _, answers in searcher.results)
+        marks = [(t, {a[:4] for a in answers}) for t, answers in searcher.results]
+        assert any(m == {"[v1]"} for t, m in marks if t < switched)
+        after = [m for t, m in marks if t > switched]
+        assert after and all(m == {"[v2]"} for m in after)
+
+        assert report.previous == old and report.collection.startswith("faq_hash64v2_")
+        assert report.faqs == 91 and report.rows == 426 and report.left_behind == []
+        assert serving.physical_collection == report.collection
+        assert serving.list_collections() == [report.collection]
+        assert serving.health()["embedder_version"] == V2.version
+    finally:
+        serving.close()
+
+
+def test_failed_reindex_leaves_the_old_collection_serving(tmp_path):
+    uri = str(tmp_path / "faq.db")
+    serving = loaded(uri, marked(KB, "[v1]"))
+    old = serving.physical_collection
+    try:
+        with Searcher(serving) as searcher:
+            with pytest.raises(ReindexFailed, match="embedder failed"):
+                reindex(factory(uri, V2), KB, FailingEmbedder(V2, fail_on=2), "faq", batch_size=30)
+        assert searcher.errors == [] and searcher.results
+        assert all(a.startswith("[v1]") for _, answers in searcher.results for a in answers)
+
+        def lossy(name):  # a store that silently loses its last batch: the row count check must catch it
+            store = factory(uri, V2)(name)
+            insert = store.bulk_insert
+            store.bulk_insert = lambda entries, vectors: insert(entries[:-1], vectors[:-1])
+            return store
+
+        with pytest.raises(ReindexFailed, match="expected 426 / 91"):
+            reindex(lossy, KB, V2, "faq", batch_size=50)
+        assert serving.physical_collection == old
+        assert serving.list_collections() == [old]
+        assert serving.count() == 91
+    finally:
+        serving.close()
+
+
+def test_reindex_creates_the_alias_on_an_empty_database(tmp_path):
+    uri = str(tmp_path / "faq.db")
+    report = reindex(factory(uri, V1), KB[:10], V1, "faq", drop_grace_s=0)
+    assert report.previous is None
+    store = open_store(uri)
+    try:
+        assert store.physical_collection == report.collection and store.count() == 10
+    finally:
+        store.close()
+
+
+def test_settings_open_a_store(tmp_path, monkeypatch):
+    from services.faq.settings import FaqSettings
+
+    monkeypatch.setenv("KEFU_FAQ_URI", str(tmp_path / "kb.db"))
+    monkeypatch.setenv("KEFU_FAQ_EMBEDDER_DIM", "64")
+    monkeypatch.setenv("KEFU_FAQ_RANKER", "weighted")
+    store = FaqSettings().open_store()
+    try:
+        health = store.health()
+        assert health["ok"] and health["alias"] == "faq" and health["ranker"] == "weighted"
+        assert store.dim == 64 and store.ranker.kind == "weighted"
+    finally:
+        store.close()
+
+
+# ── milvus-lite server: several processes on one database ──────────────────────────────────────────
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lite_server(tmp_path):
+    exe = Path(sys.executable).parent / "milvus-lite"
+    if not exe.exists():
+        pytest.skip(f"no milvus-lite executable beside {sys.executable}")
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                str(exe),
+                "server",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.skip(f"milvus-lite server exited {proc.returncode}: {log_path.read_text()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.skip(
+                        f"milvus-lite server not listening within 30 s: {log_path.read_text()[-500:]}"
+                    )
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from services.faq.domain import FaqEntry
+    from services.faq.milvus_store import MilvusFaqStore
+    from services.faq.store import embed_entries
+    from services.faq.testing import HashingEmbedder
+    emb = HashingEmbedder(64)
+    store = MilvusFaqStore(sys.argv[1], "faq", 64)
+    hits = store.search("能不能发顺丰", emb.embed(["能不能发顺丰"])[0], top_k=1)
+    e = FaqEntry(faq_id="faq-900", question="门店几点开门", answer="本店只在线上经营。")
+    store.upsert([e], embed_entries(emb, [e]))
+    print(hits[0].faq_id, store.health()["backend"])
+    store.close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_milvus_lite_server_is_shared_by_processes(lite_server):
+    store = loaded(lite_server, KB[:20])
+    try:
+        assert store.health()["backend"] == "milvus-lite-server"
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, lite_server],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert child.returncode == 0, child.stderr[-2000:]
+        assert child.stdout.split() == ["faq-004", "milvus-lite-server"]
+        assert store.get("faq-900").question == "门店几点开门"  # written by the other process
+        hits = store.search("门店几点开门", V1.embed(["门店几点开门"])[0], top_k=1)
+        assert hits[0].faq_id == "faq-900"
+
+        report = reindex(
+            lambda n: open_store(lite_server, physical_collection=n), KB[:20], V1, "faq", drop_grace_s=0
+        )
+        assert store.physical_collection == report.collection and store.count() == 20
+    finally:
+        store.close()
