@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks bench bench-runner bench-worker pretrain default-data locks clean
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker pretrain default-data locks clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ models: setup ## train, evaluate and export intent / sentiment / faq into $(REPO
 
 benchmarks: setup ## train + export + dev-evaluate one model per benchmark dataset into benchmark_repository/ (DATA=../shared/data)
 	$(PY) -m models.benchmarks --data $(DATA) --repository benchmark_repository
+
+eval-faq: setup ## dense vs BM25 vs hybrid FAQ retrieval through milvus-lite: make eval-faq DATA=pairs.jsonl [MODEL=dir]
+	$(PY) -m services.faq.evaluate --data $(DATA) $(if $(MODEL),--model $(MODEL))
+
+faq-thresholds: setup ## re-calibrate answer/suggest thresholds of the serving FAQ encoder on the demo KB queries
+	$(PY) -m services.faq.thresholds --model $(REPO)/faq --write
 
 bench: bench-runner bench-worker ## every benchmark below
 

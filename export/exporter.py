@@ -98,7 +98,7 @@ def export_checkpoint(
         raise ExportError(f"{target} already exists: versions are immutable, export as a new version")
     config = _config_for(name, meta, max_batch_size, existing)
 
-    net = load_network(meta["task"], checkpoint, len(meta["labels"]))
+    net = load_network(meta["task"], checkpoint, len(meta["labels"]), meta.get("pooling", "mean"))
     if task == Task.CLASSIFICATION:
         net = CalibratedClassifier(net, meta["temperature"])
     net.eval()

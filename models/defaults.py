@@ -44,6 +44,22 @@ DEFAULTS = [
 ]
 
 
+def calibrate_faq(model_dir: Path) -> dict:
+    """Answer / suggest thresholds of the new encoder version on the demo KB's held-out queries."""
+    from dataclasses import asdict
+
+    from models.evaluate import open_version
+    from services.faq.embedders import LocalEmbedder
+    from services.faq.thresholds import calibrate, write
+
+    version = open_version(model_dir)
+    thresholds = calibrate(
+        LocalEmbedder(version), DATA / "faq_kb_demo" / "faq.jsonl", DATA / "faq_kb_demo" / "queries_dev.jsonl"
+    )
+    write(version.model_dir, version.version, thresholds)
+    return {"faq_thresholds": asdict(thresholds)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.defaults", description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
@@ -60,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         report = build(spec, args.runs, args.repository)
         print(json.dumps({k: v for k, v in report.items() if k != "per_label"}, ensure_ascii=False, indent=2))
         rows.append(summary_row(report))
+        if spec.task == "embedding":
+            print(json.dumps(calibrate_faq(args.repository / spec.name), ensure_ascii=False, indent=2))
     print(f"== default models built in {time.time() - started:.0f} s into {args.repository}/")
     print_summary(rows)
     return 0

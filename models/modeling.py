@@ -62,17 +62,35 @@ def load_backbone(init_dir: str | Path | None, arch: Arch, vocab_size: int) -> E
     return model
 
 
-class ErnieClassifier(nn.Layer):
-    """[CLS] pooled output -> dropout -> linear: logits over the labels."""
+def mean_pool(backbone: ErnieModel, input_ids):
+    """Mean of the last token states, padding excluded."""
+    sequence = backbone(input_ids, return_dict=False)[0]
+    mask = (input_ids != backbone.config.pad_token_id).astype(sequence.dtype).unsqueeze(-1)
+    return (sequence * mask).sum(axis=1) / mask.sum(axis=1).clip(min=1.0)
 
-    def __init__(self, backbone: ErnieModel, num_labels: int, dropout: float = 0.1):
+
+class ErnieClassifier(nn.Layer):
+    """Pooled token states -> dropout -> linear: logits over the labels.
+
+    `pooling="mean"` (default) averages the token states; `"cls"` uses ERNIE's [CLS] pooler, which only means
+    something after pre-training with a sentence-level objective (real ERNIE releases). An MLM-only checkpoint
+    such as ernie-tiny-cs never trains the pooler, and mean pooling uses its token states better.
+    """
+
+    def __init__(self, backbone: ErnieModel, num_labels: int, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be mean or cls, got {pooling!r}")
         self.ernie = backbone
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(backbone.config.hidden_size, num_labels)
 
     def forward(self, input_ids):
-        _, pooled = self.ernie(input_ids, return_dict=False)[:2]
+        if self.pooling == "cls":
+            pooled = self.ernie(input_ids, return_dict=False)[1]
+        else:
+            pooled = mean_pool(self.ernie, input_ids)
         return self.classifier(self.dropout(pooled))
 
 
@@ -84,10 +102,7 @@ class ErnieSentenceEncoder(nn.Layer):
         self.ernie = backbone
 
     def forward(self, input_ids):
-        sequence = self.ernie(input_ids, return_dict=False)[0]
-        mask = (input_ids != self.ernie.config.pad_token_id).astype(sequence.dtype).unsqueeze(-1)
-        pooled = (sequence * mask).sum(axis=1) / mask.sum(axis=1).clip(min=1.0)
-        return F.normalize(pooled, axis=-1)
+        return F.normalize(mean_pool(self.ernie, input_ids), axis=-1)
 
 
 class CalibratedClassifier(nn.Layer):
@@ -110,12 +125,13 @@ def save_network(net: nn.Layer, backbone: ErnieModel, out_dir: Path) -> None:
     paddle.save(net.state_dict(), str(out_dir / "network.pdparams"))
 
 
-def load_network(task: str, checkpoint: Path, num_labels: int = 0) -> nn.Layer:
+def load_network(task: str, checkpoint: Path, num_labels: int = 0, pooling: str = "mean") -> nn.Layer:
     with contextlib.redirect_stdout(io.StringIO()):
         backbone = ErnieModel.from_pretrained(str(checkpoint / "backbone"))
-    net = (
-        ErnieClassifier(backbone, num_labels) if task == "classification" else ErnieSentenceEncoder(backbone)
-    )
+    if task == "classification":
+        net = ErnieClassifier(backbone, num_labels, pooling=pooling)
+    else:
+        net = ErnieSentenceEncoder(backbone)
     net.set_state_dict(paddle.load(str(checkpoint / "network.pdparams")))
     net.eval()
     return net

@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--arch", default="tiny", help="from-scratch architecture: tiny (default) or micro (tests)"
     )
+    p.add_argument(
+        "--pooling", choices=["mean", "cls"], default="mean", help="classifier: token mean or [CLS] pooler"
+    )
     p.add_argument("--max-seq-len", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--max-steps", type=int, default=0)
@@ -114,7 +117,7 @@ def train(args: argparse.Namespace) -> dict:
     )
     started = time.time()
     if args.task == "classification":
-        net = ErnieClassifier(backbone, len(labels))
+        net = ErnieClassifier(backbone, len(labels), pooling=args.pooling)
         temperature, report = train_classifier(net, tokenizer, train_data, dev_data, labels, opts)
         (staging / "labels.txt").write_text("\n".join(labels) + "\n", "utf-8")
     else:
@@ -127,6 +130,7 @@ def train(args: argparse.Namespace) -> dict:
         "task": args.task,
         "labels": labels,
         "temperature": temperature,
+        "pooling": args.pooling if args.task == "classification" else "mean",
         "max_seq_len": args.max_seq_len,
         "embedding_dim": backbone.config.hidden_size if args.task == "embedding" else None,
         "init": str(args.init) if args.init else None,

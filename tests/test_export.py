@@ -26,7 +26,7 @@ TEXTS = [
 
 def eager_outputs(checkpoint, ids):
     meta = json.loads((checkpoint / "training.json").read_text("utf-8"))
-    net = load_network(meta["task"], checkpoint, len(meta["labels"]))
+    net = load_network(meta["task"], checkpoint, len(meta["labels"]), meta.get("pooling", "mean"))
     if meta["task"] == "classification":
         net = CalibratedClassifier(net, meta["temperature"])
     net.eval()
