@@ -9,7 +9,7 @@ DATA   ?= ../shared/data
 REPO   ?= model_repository
 HOST   ?= 127.0.0.1
 WORKER_PORT ?= 8001
-WORKER_PROCESSES ?= 2
+WORKER_PROCESSES ?= 1
 # On AMD CPUs MKL picks slow kernels unless told otherwise (halves training step time here).
 export MKL_DEBUG_CPU_TYPE ?= 5
 export PYTHONUNBUFFERED := 1

@@ -162,5 +162,84 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# ---- wrk: the same closed loop from a C load generator -------------------------------------------------------
+# On a 2-core machine the Python client above costs about as much CPU per request as the server it measures,
+# so it caps every server near the same rate. wrk (Debian package `wrk`) sends the same single-text requests,
+# closed loop, one connection per client, for a fraction of that CPU.
+
+WRK_SCRIPT = """
+bodies = {{
+{bodies}
+}}
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, bodies[(counter % #bodies) + 1])
+end
+"""
+
+
+def wrk_available() -> bool:
+    import shutil
+
+    return shutil.which("wrk") is not None
+
+
+def _wrk_ms(value: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60000.0)):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * factor
+    return float(value) * 1000.0
+
+
+def parse_wrk(output: str) -> dict:
+    import re
+
+    def number(pattern: str, default: float = 0.0) -> float:
+        m = re.search(pattern, output)
+        return float(m.group(1)) if m else default
+
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, flags=re.M))
+    if "50" not in latency or "99" not in latency or "Requests/sec" not in output:
+        raise ValueError(f"unexpected wrk output:\n{output[-1500:]}")
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = int(number(r"Non-2xx or 3xx responses: (\d+)")) + (
+        sum(map(int, socket.groups())) if socket else 0
+    )
+    return {
+        "throughput_rps": round(number(r"Requests/sec:\s+([\d.]+)"), 2),
+        "p50_ms": round(_wrk_ms(latency["50"]), 2),
+        "p99_ms": round(_wrk_ms(latency["99"]), 2),
+        "errors": errors,
+        "requests": int(number(r"(\d+) requests in")),
+    }
+
+
+def run_wrk(
+    url: str, texts: list[str], concurrency: int, duration_s: float, warmup_s: float, workdir: Path
+) -> dict:
+    """Closed-loop load with wrk: warm-up run (discarded), then the measured run with latency percentiles."""
+    import subprocess
+
+    check_loopback(url)
+    bodies = ",\n".join("  [==[" + infer_body(t).decode("utf-8") + "]==]" for t in texts)
+    script = workdir / "wrk_post.lua"
+    script.write_text(WRK_SCRIPT.format(bodies=bodies), "utf-8")
+    base = ["wrk", "-t1", f"-c{concurrency}", "-s", str(script), "--timeout", "30s"]
+    if warmup_s > 0:
+        subprocess.run(
+            [*base, f"-d{max(1, round(warmup_s))}s", url], capture_output=True, text=True, check=False
+        )
+    proc = subprocess.run(
+        [*base, f"-d{max(1, round(duration_s))}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return {**parse_wrk(proc.stdout), "concurrency": concurrency, "duration_s": duration_s, "loadgen": "wrk"}
+
+
 if __name__ == "__main__":
     sys.exit(main())

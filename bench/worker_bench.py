@@ -9,8 +9,10 @@ stopped (SIGTERM, then SIGKILL):
   batching     `python -m services.worker`: the real worker, dynamic batching, Paddle Inference backend
   onnxruntime  the same worker with `--backend onnxruntime` (only when onnxruntime is importable)
 
-Load: `python -m bench.loadgen` in its own process, closed loop, single-text V2 infer requests, at each
-concurrency for `--warmup` (not counted) + `--duration` seconds.
+Load: closed loop, single-text V2 infer requests, at each concurrency for `--warmup` (not counted) +
+`--duration` seconds, from a separate process: `wrk` (Debian package, C) when installed (`--loadgen auto`),
+else `python -m bench.loadgen` (httpx). On 2 cores the Python client costs about as much CPU per request as
+the servers it measures and caps them all near the same rate; wrk leaves the cores to the servers.
 
 Inputs: a fixed-seed draw of real messages, ~70 % short customer messages (`data/intent_cs_demo/train.jsonl`)
 and ~30 % reviews (`data/sentiment/dev.jsonl`); the tokenizer truncates to the model's max_seq_len.
@@ -46,6 +48,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from bench.loadgen import run_wrk, wrk_available
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT_SOURCE = ROOT / "data" / "intent_cs_demo" / "train.jsonl"
@@ -281,9 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         "--device-info", type=Path, help="JSON from bench.gpu.gpu_info, kept in the result's config"
     )
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="auto: wrk if installed, else python",
+    )
     args = p.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines amid the readiness progress
 
+    use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and wrk_available())
+    if args.loadgen == "wrk" and not wrk_available():
+        p.error("--loadgen wrk: wrk is not installed (apt-get install wrk)")
+    print(f"load generator: {'wrk' if use_wrk else 'python -m bench.loadgen (httpx)'}", flush=True)
     servers = parse_list(args.servers)
     if unknown := [s for s in servers if s not in SERVERS]:
         p.error(f"unknown server(s) {unknown}; choose from {','.join(SERVERS)}")
@@ -349,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
                 startup_s[name] = round(server.wait_ready(args.ready_timeout), 1)
                 url = f"{server.base}/v2/models/{args.model}/infer"
                 for c in concurrencies:
-                    result = run_loadgen(url, texts_file, c, args, env)
+                    if use_wrk:
+                        result = run_wrk(url, texts, c, args.duration, args.warmup, Path(tmp))
+                    else:
+                        result = run_loadgen(url, texts_file, c, args, env)
                     row = {"server": name, "concurrency": c} | {k: result[k] for k in ROW_KEYS[2:]}
                     rows.append(row)
                     print(
@@ -370,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, ratio_rows)
     load_after = os.getloadavg()
     config = {
+        "loadgen": "wrk" if use_wrk else "python",
         "model": args.model,
         "version": version.version,
         "repository": str(args.repository),

@@ -33,7 +33,10 @@ async def worker(repo, backend_factory=None, start=True, **settings):
     cfg = WorkerSettings(repository=repo, **settings)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    factory = backend_factory or (lambda v: FakeBackend(v))
+    if backend_factory == "default":  # the production path: Paddle in engine processes
+        factory = None
+    else:
+        factory = backend_factory or (lambda v: FakeBackend(v))
     manager = ModelManager(ModelRepository(repo), cfg, metrics, backend_factory=factory)
     app = create_app(cfg, manager, metrics, registry)
     if start:
@@ -279,9 +282,7 @@ def test_hot_reload_under_concurrent_load_fails_no_request(model_repo, tmp_path)
     shutil.copytree(model_repo, repo)
 
     async def main():
-        async with worker(
-            repo, lambda v: PaddleBackend(v), warmup=True, models="intent", max_queue_delay_ms=1
-        ) as c:
+        async with worker(repo, "default", warmup=True, models="intent", max_queue_delay_ms=1) as c:
             stop = asyncio.Event()
             results = []
 
@@ -312,6 +313,7 @@ def test_hot_reload_under_concurrent_load_fails_no_request(model_repo, tmp_path)
     versions = [v for _, v in results]
     assert "1" in versions and versions[-1] == "2"
     assert meta.json()["versions"] == ["2"]
+    assert meta.json()["platform"] == "paddle_inference/paddle/process"
 
 
 def test_failed_reload_keeps_the_old_version_serving(model_repo, tmp_path):

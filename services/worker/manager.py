@@ -78,6 +78,13 @@ class ServedVersion:
             for batch in sorted({1, self.max_batch_size}):
                 self._run([row] * batch)
 
+    async def close(self, drain: bool = True) -> None:
+        """Stop the batcher (letting queued texts finish when `drain`), then release the engine."""
+        await self.batcher.close(drain=drain)
+        close_backend = getattr(self.backend, "close", None)
+        if close_backend is not None:
+            await asyncio.to_thread(close_backend)
+
     async def infer(self, texts: list[str], timeout_s: float) -> list[dict[str, np.ndarray]]:
         """All texts of a request are admitted together or refused together; if one fails, the rest are
         cancelled (and dropped by the batcher before they cost engine time)."""
@@ -103,11 +110,18 @@ class ModelManager:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
-        self._backend_factory = backend_factory or (lambda v: create_backend(settings.backend, v))
+        self._backend_factory = backend_factory or self._default_backend
         self._serving: dict[str, dict[int, ServedVersion]] = {}
         self._loading: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._wanted: list[str] = []
+
+    def _default_backend(self, version: ModelVersion) -> Backend:
+        if self.settings.engine_process and self.settings.backend == "paddle":
+            from services.worker.engine_process import EngineProcessBackend
+
+            return EngineProcessBackend(str(self.repository.root), version.name, version.version, "paddle")
+        return create_backend(self.settings.backend, version)
 
     # ---- queries ---------------------------------------------------------------------------------------
 
@@ -176,7 +190,7 @@ class ModelManager:
                     await asyncio.to_thread(fresh[number].warm_up)
         except Exception as e:
             for served in fresh.values():
-                await served.batcher.close(drain=False)
+                await served.close(drain=False)
             raise LoadFailed(f"cannot load {name!r}: {e}") from e
         for served in fresh.values():
             served.batcher.start()
@@ -197,7 +211,7 @@ class ModelManager:
         return ServedVersion(version, self._backend_factory(version), self.settings, self.metrics)
 
     async def _retire(self, served: ServedVersion) -> None:
-        await served.batcher.close(drain=True)
+        await served.close(drain=True)
         self.metrics.ready.labels(served.name, str(served.number)).set(0)
         log.info("%s: version %s retired", served.name, served.number)
 

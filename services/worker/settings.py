@@ -21,9 +21,14 @@ class WorkerSettings(BaseSettings):
     processes: int = Field(
         1,
         ge=1,
-        description="server processes sharing the port, one predictor each (predictor.run holds the GIL)",
+        description="HTTP server processes sharing the port; each has its own batchers and engine processes",
     )
     backend: Literal["paddle", "onnxruntime", "fake"] = Field("paddle", description="inference engine")
+    engine_process: bool = Field(
+        True,
+        description="run each Paddle model version in its own engine process (predictor.run holds the GIL: in the "
+        "server process it would stop the event loop from admitting requests while a batch computes)",
+    )
     max_batch_size: int = Field(
         0, ge=0, description="cap on texts per batch; 0 = the model's config.yaml value"
     )
