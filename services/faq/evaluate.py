@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from models.corpus import DataError, load_pairs, retrieval_split
-from services.faq.domain import FaqEntry
+from services.faq.domain import FaqEntry, phrasing_key
 from services.faq.embedders import LocalEmbedder
 from services.faq.milvus_store import MilvusFaqStore
 from services.runtime.repository import RepositoryError
@@ -34,7 +34,22 @@ def rank_report(ranks: list[int | None]) -> dict:
     return report
 
 
+def merge_equivalent(kb: list[str], gold: list[int]) -> tuple[list[str], list[int]]:
+    """The store treats phrasings equal up to case, width, spaces and punctuation as one ("怎么记息" and
+    ".怎么记息"): such KB texts become one entry, and their queries point at it."""
+    canonical: dict[str, int] = {}
+    remap, merged = [], []
+    for text in kb:
+        key = phrasing_key(text)
+        if key not in canonical:
+            canonical[key] = len(merged)
+            merged.append(text)
+        remap.append(canonical[key])
+    return merged, [remap[g] for g in gold]
+
+
 def evaluate_store(kb: list[str], queries: list[str], gold: list[int], embedder, workdir: Path) -> dict:
+    kb, gold = merge_equivalent(kb, gold)
     entries = [FaqEntry(faq_id=f"kb-{i:05d}", question=text, answer=text) for i, text in enumerate(kb)]
     store = MilvusFaqStore(
         str(workdir / "eval.db"), "faq_eval", embedder.dim, embedder_version=embedder.version
@@ -55,6 +70,7 @@ def evaluate_store(kb: list[str], queries: list[str], gold: list[int], embedder,
             timings[mode] = round((time.perf_counter() - started) * 1000 / len(queries), 2)
             results[mode] = {**rank_report(ranks), "ms_per_query": timings[mode]}
         results["store"] = store.health()
+        results["kb_size"] = len(kb)
         return results
     finally:
         store.close()
@@ -84,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(args.data),
         "encoder": embedder.version,
         "kb_size": len(kb),
+        "kb_entries": results["kb_size"],  # after merging texts the store treats as one phrasing
         "queries": len(queries),
         "bm25_supported": results["store"].get("bm25_supported"),
     }
