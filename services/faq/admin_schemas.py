@@ -1,0 +1,475 @@
+"""FAQ admin API without HTTP: its errors, its request/response bodies, and the bulk import/export formats.
+
+`admin.py` alone maps the errors below (and the store's, `domain.py`) to status codes.
+
+Import formats (`POST /admin/faq/import`), one FAQ per record:
+
+- JSONL: the `data/faq_kb_demo/faq.jsonl` format, one JSON object a line:
+  `{"id", "question", "answer", "category", "alternatives": [...], "tags": [...]}` (`faq_id` may stand for
+  `id`; `category`, `alternatives`, `tags` may be left out). Blank lines are skipped.
+- CSV (RFC 4180, a header line first): columns `id` (or `faq_id`), `question`, `answer`, and optionally
+  `category`, `alternatives`, `tags`, in any order. `alternatives` and `tags` hold several values separated by
+  `|`; a literal `|` inside a value is written `\\|` and a literal backslash before `|` or `\\` as `\\\\`.
+
+Text is UTF-8 (a BOM is accepted, as Excel writes it) unless the request's Content-Type names another charset
+(`text/csv; charset=gb18030` for a CSV saved by Chinese Excel as "CSV"). An error names the record by its line
+number in the file (`row`; a CSV's header is line 1, so its first FAQ is row 2), as an editor or a spreadsheet
+shows it. Exports write the same formats (CSV with a BOM so that Excel opens it as UTF-8).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.faq.domain import FaqEntry, FaqError, FaqHit, InvalidFaq, phrasing_key
+from services.faq.store import MAX_TOP_K
+
+ImportFormat = Literal["jsonl", "csv"]
+ImportMode = Literal["upsert", "replace_all"]
+IMPORT_FORMATS = ("jsonl", "csv")
+RECORD_KEYS = ("id", "question", "answer", "category", "alternatives", "tags")  # faq.jsonl, in its order
+_ALLOWED_KEYS = {*RECORD_KEYS, "faq_id"}
+_CONTENT_TYPES = {
+    "text/csv": "csv",
+    "application/csv": "csv",
+    "application/x-ndjson": "jsonl",
+    "application/ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/x-jsonlines": "jsonl",
+    "application/jsonlines": "jsonl",
+    "application/json-lines": "jsonl",
+}
+MAX_ROW_ERRORS = 1000  # per-row errors listed in one response (the message gives the total)
+
+
+# ── errors (no HTTP here) ───────────────────────────────────────────────────────────────────────────
+
+
+class AdminError(FaqError):
+    """Base class of the admin API's own errors; `message` is safe to show to the caller."""
+
+
+class Unauthorized(AdminError):
+    """No credentials, or credentials that match no admin key."""
+
+
+class Forbidden(AdminError):
+    """A valid key without the scope this API needs."""
+
+
+class FaqExists(AdminError):
+    """A create named a faq_id that is already taken."""
+
+
+class ImportRejected(AdminError):
+    """An import file broke a rule somewhere; nothing was applied. `rows`: `[{"row": n, "error": "..."}]`."""
+
+    def __init__(self, message: str, rows: Sequence[dict[str, Any]] = ()):
+        super().__init__(message)
+        self.rows = list(rows)
+
+
+class PayloadTooLarge(AdminError):
+    """The request body is over the route's limit."""
+
+
+class UnderMaintenance(AdminError):
+    """Writes are paused while a re-index rebuilds the collection; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ReindexRunning(AdminError):
+    """A re-index was asked for while one runs."""
+
+
+class NotConfigured(AdminError):
+    """The operation needs something this deployment was not given (a re-indexer)."""
+
+
+class InvalidRequest(AdminError):
+    """The request is malformed: not JSON, a field of the wrong type or out of bounds, an unknown field."""
+
+
+class EmbedderUnavailable(AdminError):
+    """The sentence encoder failed; nothing was written."""
+
+    retry_after_s = 5
+
+
+# ── request and response bodies ─────────────────────────────────────────────────────────────────────
+
+
+class FaqIn(BaseModel):
+    """A FAQ as a client sends it. The rules (lengths, id pattern, one FAQ per phrasing) are `FaqEntry`'s;
+    `updated_at` is set by the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    faq_id: str = Field(description="stable id: letters, digits, _ . : - (at most 64)")
+    question: str = Field(description="standard question (标准问)")
+    answer: str = Field(description="standard answer shown to the customer")
+    category: str = Field("", description="business category, e.g. 物流查询; empty = none")
+    alternatives: list[str] = Field(default_factory=list, description="alternative phrasings (相似问)")
+    tags: list[str] = Field(default_factory=list, description="keywords, e.g. 顺丰")
+
+    def entry(self, faq_id: str | None = None) -> FaqEntry:
+        """The domain entry (`InvalidFaq` naming the field when a rule is broken)."""
+        return FaqEntry(**{**self.model_dump(), **({"faq_id": faq_id} if faq_id else {})})
+
+
+class FaqUpdate(FaqIn):
+    """A replacement of a FAQ; `faq_id` may be left out (it is the path's) but must match when given."""
+
+    faq_id: str | None = Field(None, description="must equal the path's faq_id when given")
+
+
+class FaqOut(BaseModel):
+    faq_id: str
+    question: str
+    answer: str
+    category: str
+    alternatives: list[str]
+    tags: list[str]
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, e: FaqEntry) -> FaqOut:
+        return cls(**e.model_dump())
+
+
+class FaqPage(BaseModel):
+    items: list[FaqOut]
+    total: int = Field(description="FAQs matching the filter, all pages")
+    offset: int
+    limit: int
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=1000, description="the customer's question")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="FAQs to return")
+    mode: Literal["hybrid", "dense", "bm25"] = Field(
+        "hybrid", description="hybrid falls back to dense where the store has no BM25"
+    )
+
+
+class SearchResponse(BaseModel):
+    mode: str = Field(description="the mode asked for; each hit's `source` says what ran")
+    hits: list[FaqHit]
+
+
+class ImportReport(BaseModel):
+    format: ImportFormat
+    mode: ImportMode
+    dry_run: bool
+    rows: int = Field(description="FAQ records in the file")
+    created: list[str]
+    updated: list[str]
+    unchanged: int = Field(description="records equal to the stored FAQ (not rewritten)")
+    deleted: list[str] = Field(description="replace_all: stored FAQs absent from the file")
+    faqs: int = Field(description="FAQs in the knowledge base afterwards")
+
+
+class ReindexStatus(BaseModel):
+    state: Literal["idle", "running", "succeeded", "failed"]
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    report: dict[str, Any] | None = Field(None, description="`ReindexReport` of the last success")
+    error: str | None = None
+
+
+# ── import: parse, then plan against the store ──────────────────────────────────────────────────────
+
+
+@dataclass
+class ParsedRow:
+    row: int  # line number in the file
+    record: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class ImportPlan:
+    entries: list[FaqEntry]  # every record of the file, in order
+    create: list[FaqEntry] = field(default_factory=list)
+    update: list[FaqEntry] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> list[FaqEntry]:
+        return [*self.create, *self.update]
+
+
+def detect_format(fmt: str | None, content_type: str | None) -> ImportFormat:
+    if fmt:
+        if fmt not in IMPORT_FORMATS:
+            raise ImportRejected(f"format must be jsonl or csv, not {fmt!r}")
+        return fmt  # type: ignore[return-value]
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media in _CONTENT_TYPES:
+        return _CONTENT_TYPES[media]  # type: ignore[return-value]
+    raise ImportRejected(
+        f"cannot tell the format from Content-Type {media or '(none)'!r}: pass format=jsonl or format=csv, "
+        "or send Content-Type application/x-ndjson or text/csv"
+    )
+
+
+def charset_of(content_type: str | None) -> str:
+    for part in (content_type or "").split(";")[1:]:
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "charset" and value.strip():
+            name = value.strip().strip('"').lower()
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                raise ImportRejected(f"unknown charset {name!r} in Content-Type") from None
+            return "utf-8-sig" if name in ("utf-8", "utf8") else name
+    return "utf-8-sig"
+
+
+def decode(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset)
+    except UnicodeDecodeError as e:
+        line = body[: e.start].count(b"\n") + 1
+        raise ImportRejected(
+            f"the file is not valid {charset.removesuffix('-sig')} text (line {line}); save it as UTF-8, "
+            "or name its charset in Content-Type (e.g. text/csv; charset=gb18030)",
+            [{"row": line, "error": f"bytes at offset {e.start} are not {charset.removesuffix('-sig')}"}],
+        ) from None
+
+
+def parse_import(text: str, fmt: ImportFormat) -> list[ParsedRow]:
+    """Records of the file, each with its line number; a record that cannot be read carries its error."""
+    return _parse_jsonl(text) if fmt == "jsonl" else _parse_csv(text)
+
+
+def _parse_jsonl(text: str) -> list[ParsedRow]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            rows.append(ParsedRow(n, error=f"not JSON ({e.msg} at column {e.colno})"))
+            continue
+        if not isinstance(record, dict):
+            rows.append(ParsedRow(n, error="not a JSON object"))
+            continue
+        rows.append(ParsedRow(n, record=record))
+    return rows
+
+
+def _parse_csv(text: str) -> list[ParsedRow]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise ImportRejected("the CSV header cannot be read", [{"row": 1, "error": f"CSV: {e}"}]) from None
+    if header is None:
+        return []
+    names = [h.strip().lower() for h in header]
+    problems = []
+    if unknown := [h for h in names if h not in _ALLOWED_KEYS]:
+        problems.append(f"unknown column(s) {unknown}; columns are id, {', '.join(RECORD_KEYS[1:])}")
+    if len(set(names)) != len(names) or ("id" in names and "faq_id" in names):
+        problems.append("a column appears twice (id and faq_id are the same column)")
+    if missing := [c for c in ("question", "answer") if c not in names]:
+        problems.append(f"missing column(s) {missing}")
+    if "id" not in names and "faq_id" not in names:
+        problems.append("missing column 'id'")
+    if problems:
+        raise ImportRejected("the CSV header is wrong", [{"row": 1, "error": "; ".join(problems)}])
+    rows, last = [], reader.line_num
+    while True:
+        start = last + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            rows.append(ParsedRow(start, error=f"CSV: {e}"))
+            break  # the reader cannot resynchronise after a broken quote
+        last = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(names):
+            rows.append(ParsedRow(start, error=f"{len(cells)} fields, the header has {len(names)}"))
+            continue
+        record: dict[str, Any] = {}
+        for name, cell in zip(names, cells, strict=True):
+            record[name] = split_multi(cell) if name in ("alternatives", "tags") else cell
+        rows.append(ParsedRow(start, record=record))
+    return rows
+
+
+def split_multi(cell: str) -> list[str]:
+    """`a|b\\|c` -> ["a", "b|c"]; blanks dropped."""
+    parts, cur, i = [], [], 0
+    while i < len(cell):
+        ch = cell[i]
+        if ch == "\\" and i + 1 < len(cell) and cell[i + 1] in "|\\":
+            cur.append(cell[i + 1])
+            i += 2
+            continue
+        if ch == "|":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def join_multi(values: Iterable[str]) -> str:
+    return "|".join(v.replace("\\", "\\\\").replace("|", "\\|") for v in values)
+
+
+def entry_of(record: dict[str, Any]) -> FaqEntry:
+    """A record of an import file as an entry; `InvalidFaq` names the field."""
+    if unknown := sorted(set(record) - _ALLOWED_KEYS):
+        raise InvalidFaq(f"unknown field(s) {unknown}; fields are {', '.join(RECORD_KEYS)}")
+    record = dict(record)
+    if "id" in record:
+        if "faq_id" in record and record["faq_id"] != record["id"]:
+            raise InvalidFaq("id and faq_id differ")
+        record["faq_id"] = record.pop("id")
+    return FaqEntry(**record)
+
+
+def plan_import(rows: Sequence[ParsedRow], existing: Sequence[FaqEntry], mode: ImportMode) -> ImportPlan:
+    """Checks every record (its rules, ids and phrasings repeated in the file, phrasings that belong to a
+    stored FAQ the file does not carry) and says what applying the file changes. Any error raises
+    `ImportRejected` listing every bad row."""
+    errors: list[dict[str, Any]] = []
+    valid: list[tuple[int, FaqEntry]] = []
+    first_row: dict[str, int] = {}
+    for r in rows:
+        if r.error is not None:
+            errors.append({"row": r.row, "error": r.error})
+            continue
+        try:
+            e = entry_of(r.record or {})
+        except InvalidFaq as err:
+            errors.append({"row": r.row, "error": err.message})
+            continue
+        if e.faq_id in first_row:
+            errors.append({"row": r.row, "error": f"faq_id {e.faq_id} repeats row {first_row[e.faq_id]}"})
+            continue
+        first_row[e.faq_id] = r.row
+        valid.append((r.row, e))
+    if not rows:
+        errors.append({"row": 0, "error": "the file holds no FAQ"})
+
+    in_file = {e.faq_id for _, e in valid}
+    # ids of records that were refused still count as "in the file": their stored phrasings are being replaced
+    in_file |= {
+        str(i).strip() for r in rows if r.record for i in (r.record.get("faq_id"), r.record.get("id")) if i
+    }
+    stored = {e.faq_id: e for e in existing}
+    owner: dict[str, tuple[str, int | None]] = {}  # phrasing key -> (faq_id, row in the file or None)
+    if mode == "upsert":
+        for e in existing:
+            if e.faq_id not in in_file:
+                for p in e.phrasings:
+                    owner[phrasing_key(p)] = (e.faq_id, None)
+    for row, e in valid:
+        for p in e.phrasings:
+            key = phrasing_key(p)
+            other = owner.get(key)
+            if other is None:
+                owner[key] = (e.faq_id, row)
+            elif other[1] is None:
+                errors.append(
+                    {
+                        "row": row,
+                        "error": f"phrasing {p!r} of {e.faq_id} already belongs to {other[0]} in the "
+                        "knowledge base (a phrasing may belong to one FAQ only)",
+                    }
+                )
+            else:
+                errors.append(
+                    {
+                        "row": row,
+                        "error": f"phrasing {p!r} of {e.faq_id} is also a phrasing of {other[0]} "
+                        f"(row {other[1]}); a phrasing may belong to one FAQ only",
+                    }
+                )
+    if errors:
+        errors.sort(key=lambda x: x["row"])
+        bad = len({x["row"] for x in errors})
+        raise ImportRejected(
+            f"{bad} of {len(rows)} records are invalid ({len(errors)} errors); nothing was imported",
+            errors[:MAX_ROW_ERRORS],
+        )
+    plan = ImportPlan(entries=[e for _, e in valid])
+    for e in plan.entries:
+        old = stored.get(e.faq_id)
+        if old is None:
+            plan.create.append(e)
+        elif same_content(old, e):
+            plan.unchanged.append(e.faq_id)
+        else:
+            plan.update.append(e)
+    if mode == "replace_all":
+        plan.delete = sorted(set(stored) - in_file)
+    return plan
+
+
+def same_content(a: FaqEntry, b: FaqEntry) -> bool:
+    return a.model_dump(exclude={"updated_at"}) == b.model_dump(exclude={"updated_at"})
+
+
+# ── export ──────────────────────────────────────────────────────────────────────────────────────────
+
+
+def record_of(e: FaqEntry) -> dict[str, Any]:
+    """An entry in the `faq.jsonl` format."""
+    return {
+        "id": e.faq_id,
+        "question": e.question,
+        "answer": e.answer,
+        "category": e.category,
+        "alternatives": list(e.alternatives),
+        "tags": list(e.tags),
+    }
+
+
+def export_chunks(entries: Iterable[FaqEntry], fmt: ImportFormat, per_chunk: int = 200) -> Iterator[bytes]:
+    """The knowledge base in an import format, a few hundred FAQs per chunk."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n") if fmt == "csv" else None
+    if writer is not None:
+        buf.write("\ufeff")
+        writer.writerow(RECORD_KEYS)
+    n = 0
+    for e in entries:
+        if writer is None:
+            buf.write(json.dumps(record_of(e), ensure_ascii=False) + "\n")
+        else:
+            writer.writerow(
+                [e.faq_id, e.question, e.answer, e.category, join_multi(e.alternatives), join_multi(e.tags)]
+            )
+        n += 1
+        if n % per_chunk == 0:
+            yield buf.getvalue().encode("utf-8")
+            buf.seek(0)
+            buf.truncate()
+    if buf.tell():
+        yield buf.getvalue().encode("utf-8")

@@ -1,0 +1,120 @@
+"""MilvusFaqStore against a real Milvus 2.3.5 standalone (PyPI `milvus==2.3.5`, dev dependency): no BM25 there,
+so the store must detect it and run dense-only.
+
+The server runs in a child process that first moves into a private network namespace holding only loopback
+(`bench/milvus_server.py`: Milvus listens on every interface, the namespace keeps that on 127.0.0.1); the child
+runs the store operations against it and reports JSON. Skipped, with the reason, when the package is missing,
+no namespace can be made, or the server does not come up within 90 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 90
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from bench.milvus_server import MilvusServer23, MilvusServerUnavailable, enter_private_netns, interfaces
+    from bench.milvus_server import listening_addresses
+
+    def report(**kw):
+        print("RESULT " + json.dumps(kw, ensure_ascii=False), flush=True)
+
+    try:
+        enter_private_netns()
+    except OSError as e:
+        report(skip=f"no private network namespace for the server: {e}")
+        sys.exit(0)
+    server = MilvusServer23()
+    try:
+        uri = server.start(timeout_s=float(sys.argv[1]))
+    except MilvusServerUnavailable as e:
+        report(skip=str(e)[-1500:])
+        sys.exit(0)
+    try:
+        from services.faq.domain import DuplicateQuestion, FaqEntry, ModeNotSupported
+        from services.faq.milvus_store import MilvusFaqStore
+        from services.faq.store import embed_entries
+        from services.faq.testing import HashingEmbedder, load_demo_kb
+
+        emb, kb = HashingEmbedder(64), load_demo_kb()
+        out = {"interfaces": interfaces(), "listening": listening_addresses(server.server.server_proc.pid)}
+        try:
+            store = MilvusFaqStore(uri, "faq", 64, embedder_version=emb.version)
+            out["opened"] = "alias"
+        except Exception as e:
+            out["alias_error"] = str(e)[:500]
+            store = MilvusFaqStore(uri, "faq", 64, physical_collection="faq_direct", embedder_version=emb.version)
+            out["opened"] = "collection"
+        out["written"] = store.upsert(kb, embed_entries(emb, kb))
+        out["count"], out["health"] = store.count(), store.health()
+        query = "能不能发顺丰"
+        vec = emb.embed([query])[0]
+        out["dense"] = [(h.faq_id, h.matched_text, h.source, round(h.score, 4)) for h in store.search(query, vec, 3, "dense")]
+        out["hybrid"] = [(h.faq_id, h.source) for h in store.search(query, vec, 3, "hybrid")]
+        try:
+            store.search(query, None, 3, "bm25")
+            out["bm25"] = "answered"
+        except ModeNotSupported as e:
+            out["bm25"] = "ModeNotSupported: " + e.message
+        out["get"] = store.get("faq-004") == next(e for e in kb if e.faq_id == "faq-004")
+        dup = FaqEntry(faq_id="dup-1", question="能不能 发顺丰？", answer="重复的问法")
+        try:
+            store.upsert([dup], embed_entries(emb, [dup]))
+            out["duplicate"] = "accepted"
+        except DuplicateQuestion as e:
+            out["duplicate"] = [e.faq_id, e.existing_faq_id]
+        new = FaqEntry(faq_id="faq-900", question="门店几点开门", answer="本店只在线上经营。")
+        store.upsert([new], embed_entries(emb, [new]))
+        out["new_top"] = store.search("门店几点开门", emb.embed(["门店几点开门"])[0], 1, "dense")[0].faq_id
+        out["deleted"] = store.delete(["faq-900", "faq-404"])
+        out["count_after"] = store.count()
+        store.close()
+        report(**out)
+    finally:
+        server.stop()
+    """
+)
+
+
+@pytest.mark.slow
+def test_store_on_milvus_2_3_runs_dense_only():
+    pytest.importorskip("milvus", reason="the milvus==2.3.5 package (dev dependency) is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(START_TIMEOUT_S)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S + 240,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"child failed ({proc.returncode}): {proc.stderr[-3000:]}"
+    out = json.loads(lines[-1][len("RESULT ") :])
+    if "skip" in out:
+        pytest.skip(f"Milvus 2.3.5 server unavailable: {out['skip']}")
+
+    assert out["interfaces"] == ["lo"]  # the server's ports exist on this loopback only
+    health = out["health"]
+    assert health["ok"] is True and health["backend"] == "milvus"
+    assert health["server_version"].lstrip("v").startswith("2.3")
+    assert health["bm25_supported"] is False and health["ranker"] is None  # dense-only fallback
+    assert out["written"] == 91 + 335 and out["count"] == 91 and health["rows"] == 426
+    assert out["dense"][0][:3] == ["faq-004", "能不能发顺丰", "dense"]
+    assert out["dense"][0][3] == pytest.approx(1.0, abs=1e-3)
+    assert out["hybrid"][0] == ["faq-004", "dense"] and {s for _, s in out["hybrid"]} == {"dense"}
+    assert out["bm25"].startswith("ModeNotSupported")
+    assert out["get"] is True
+    assert out["duplicate"] == ["dup-1", "faq-004"]
+    assert out["new_top"] == "faq-900"
+    assert out["deleted"] == 1 and out["count_after"] == 91
