@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import random
@@ -49,6 +50,8 @@ from pathlib import Path
 import numpy as np
 
 BACKENDS = ("milvus-lite", "milvus-server")
+TIMEOUT_S = 120.0  # per Milvus call; --timeout-s. The store's 10 s default: a milvus-lite insert of 500 rows
+# took longer than that at ~120k rows on a loaded 2-core machine (sealing / index building)
 DIM = 128
 PRODUCTS = (
     "蓝牙耳机", "保温杯", "运动鞋", "羽绒服", "扫地机器人", "电饭煲", "面膜", "儿童书包", "机械键盘", "空气炸锅",
@@ -187,7 +190,13 @@ def measure(store, texts, vectors, mode: str, top_k: int, warmup: int) -> dict:
 
 
 def open_store(
-    backend: str, where: str, n: int, entries, consistency: str = "Strong", existing: str | None = None
+    backend: str,
+    where: str,
+    n: int,
+    entries,
+    timeout_s: float,
+    consistency: str = "Strong",
+    existing: str | None = None,
 ):
     """(store, how): milvus-lite on a .db file; on the server through an alias as in production, or directly
     on a collection if the server refuses the alias calls. `existing`: reopen that collection."""
@@ -195,7 +204,11 @@ def open_store(
     from services.faq.milvus_store import MilvusFaqStore
     from services.faq.testing import HashingEmbedder
 
-    kw = {"embedder_version": HashingEmbedder(DIM).version, "consistency_level": consistency}
+    kw = {
+        "embedder_version": HashingEmbedder(DIM).version,
+        "consistency_level": consistency,
+        "timeout_s": timeout_s,
+    }
     if backend == "milvus-lite":
         return MilvusFaqStore(where, "faq", DIM, jieba_words=kb_terms(entries), **kw), "alias"
     if existing is not None:
@@ -224,7 +237,7 @@ def measure_modes(store, backend, n, consistency, texts, qvecs, args, rows, deta
 
 
 def run_size(backend, where, n, entries, vectors, texts, qvecs, args) -> tuple[list[dict], dict]:
-    store, how = open_store(backend, where, n, entries)
+    store, how = open_store(backend, where, n, entries, args.timeout_s)
     rows: list[dict] = []
     try:
         health = store.health()
@@ -239,19 +252,25 @@ def run_size(backend, where, n, entries, vectors, texts, qvecs, args) -> tuple[l
                   "store_opened": how, "bm25_supported": store.bm25_supported, "index": index,
                   "server_version": health.get("server_version"), "measurements": []}  # fmt: skip
         measure_modes(store, backend, n, "Strong", texts, qvecs, args, rows, detail)
-        if backend == "milvus-server":  # Strong waits for the server's time tick; Bounded may lag seconds
-            name = store.physical_collection
-            for consistency in args.server_consistency:
-                if consistency != "Strong":
-                    other, _ = open_store(backend, where, n, entries, consistency, existing=name)
-                    try:
-                        measure_modes(other, backend, n, consistency, texts, qvecs, args, rows, detail)
-                    finally:
-                        other.close()
-            store.drop_collection(name)
-        return rows, detail
+        if backend != "milvus-server":
+            return rows, detail
+        name = store.physical_collection
     finally:
         store.close()
+    # Strong waits for the server's time tick; Bounded may read data a few seconds old. The collection is then
+    # dropped through a store opened on it directly (the alias goes with it).
+    for consistency in [*(c for c in args.server_consistency if c != "Strong"), None]:
+        other, _ = open_store(
+            backend, where, n, entries, args.timeout_s, consistency or "Strong", existing=name
+        )
+        try:
+            if consistency is None:
+                other.drop_collection(name)
+            else:
+                measure_modes(other, backend, n, consistency, texts, qvecs, args, rows, detail)
+        finally:
+            other.close()
+    return rows, detail
 
 
 # ── main ────────────────────────────────────────────────────────────────────────────────────────────
@@ -276,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         help="read consistency levels measured on milvus-server (the store's default is Strong)",
     )
     p.add_argument("--results", type=Path, default=Path("bench/results"))
+    p.add_argument("--timeout-s", type=float, default=TIMEOUT_S, help="per-call timeout towards Milvus")
     args = p.parse_args(argv)
+    logging.getLogger("pymilvus").setLevel(
+        logging.CRITICAL
+    )  # the store raises what matters; no RPC tracebacks
     sizes = [int(x.replace("_", "")) for x in args.entries.split(",") if x.strip()]
     args.server_consistency = [c.strip() for c in args.server_consistency.split(",") if c.strip()]
     if bad := [c for c in args.server_consistency if c not in ("Strong", "Bounded", "Session", "Eventually")]:
@@ -409,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": args.top_k,
         "alternatives": args.alternatives,
         "warmup": args.warmup,
+        "timeout_s": args.timeout_s,
         "server": server_info,
         "host": {
             "cpus": os.cpu_count(),
