@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker pretrain default-data locks clean
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq pretrain default-data locks clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,13 +62,16 @@ eval-faq: setup ## dense vs BM25 vs hybrid FAQ retrieval through milvus-lite: ma
 faq-thresholds: setup ## re-calibrate answer/suggest thresholds of the serving FAQ encoder on the demo KB queries
 	$(PY) -m services.faq.thresholds --model $(REPO)/faq --write
 
-bench: bench-runner bench-worker ## every benchmark below
+bench: bench-runner bench-worker bench-faq ## every benchmark below
 
 bench-runner: setup $(REPO)/.built ## engine only: Paddle Inference oneDNN vs plain CPU, batch 1/8/32
 	$(PY) -m bench.runner_bench --repository $(REPO)
 
 bench-worker: setup $(REPO)/.built ## naive one-at-a-time server vs batching worker (vs onnxruntime) at concurrency 1/8/32/64
 	$(PY) -m bench.worker_bench --repository $(REPO)
+
+bench-faq: setup ## FAQ search p50/p99/qps at 1k/10k/100k entries: milvus-lite vs a real Milvus 2.3.5 on loopback
+	$(PY) -m bench.faq_bench
 
 pretrain: setup ## reproduce models/pretrained/ernie-tiny-cs (MLM on every train split under DATA; ~30 min)
 	$(PY) -m models.pretrain --data $(DATA) --out models/pretrained/ernie-tiny-cs --steps 5000
