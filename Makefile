@@ -81,7 +81,7 @@ default-data: setup ## regenerate the shipped sentiment / FAQ-pair training data
 
 locks: ## re-resolve requirements/*.lock from pyproject.toml
 	uv pip compile -q pyproject.toml --python-version 3.11 --extra serving -o requirements/serving.lock
-	uv pip compile -q pyproject.toml --python-version 3.11 --extra serving --extra training --extra dev -o requirements/dev.lock
+	uv pip compile -q pyproject.toml --python-version 3.11 --extra serving --extra ops --extra training --extra dev -o requirements/dev.lock
 
 clean: ## remove the venv and built models
 	rm -rf $(VENV) $(REPO) benchmark_repository runs

@@ -1,0 +1,1 @@
+"""The public customer-service gateway (issue 5)."""
