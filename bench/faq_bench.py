@@ -1,7 +1,7 @@
 """FAQ search benchmark: the project's `MilvusFaqStore` on embedded milvus-lite vs a real Milvus 2.3 server.
 
     python -m bench.faq_bench [--entries 1000,10000,100000] [--backends milvus-lite,milvus-server]
-        [--queries 500] [--top-k 5] [--alternatives 3] [--warmup 20] [--server-consistency Strong,Bounded]
+        [--queries 500] [--top-k 5] [--alternatives 3] [--warmup 20] [--server-consistency Session,Strong,Bounded]
 
 Backends:
   milvus-lite    embedded in this process (`milvus-lite` 3.2.2, a temporary .db file per size); dense and hybrid
@@ -11,7 +11,8 @@ Backends:
                  Milvus listens on every interface, the namespace keeps that to 127.0.0.1); dense searches only:
                  Milvus 2.3 has no BM25, the store detects it and runs dense-only (hybrid = dense there).
                  If it cannot start, the reason is printed and milvus-lite alone is measured. Measured at the
-                 store's default read consistency (Strong: waits for the server's time tick) and at Bounded.
+                 store's default read consistency (Session: the loading process's writes are visible,
+                 no wait) and at Strong (waits for the server's time tick on every search) and Bounded.
 
 Knowledge base: `--entries` synthetic FAQs recombined from the demo knowledge base (data/faq_kb_demo): FAQ i
 takes demo FAQ i mod 91 and prefixes its question and up to `--alternatives` alternatives with a product name and
@@ -64,8 +65,9 @@ NOTES = [
     "milvus-server is Milvus 2.3.5 (PyPI milvus==2.3.5): no BM25 there, so the store is dense-only and hybrid "
     "requests run dense; hybrid (dense + BM25, RRF) is measured on milvus-lite only",
     "sequential closed loop, one client, in-process store calls (no HTTP); query embedding is not timed",
-    "consistency: milvus-lite is always read-your-writes (reported as Strong); on milvus-server Strong (the "
-    "store's default) waits for the server's time tick, Bounded (KEFU_FAQ_CONSISTENCY_LEVEL) may read seconds-old data",
+    "consistency: milvus-lite is always read-your-writes (reported as Session, the store's default); on "
+    "milvus-server Session sees this process's writes at once, Strong waits for the server's time tick on every "
+    "search, Bounded (KEFU_FAQ_CONSISTENCY_LEVEL) may read seconds-old data",
 ]
 
 
@@ -195,7 +197,7 @@ def open_store(
     n: int,
     entries,
     timeout_s: float,
-    consistency: str = "Strong",
+    consistency: str = "Session",
     existing: str | None = None,
 ):
     """(store, how): milvus-lite on a .db file; on the server through an alias as in production, or directly
@@ -251,7 +253,7 @@ def run_size(backend, where, n, entries, vectors, texts, qvecs, args) -> tuple[l
         detail = {"backend": backend, "entries": n, "phrasing_rows": rows_n, "insert_s": round(insert_s, 2),
                   "store_opened": how, "bm25_supported": store.bm25_supported, "index": index,
                   "server_version": health.get("server_version"), "measurements": []}  # fmt: skip
-        measure_modes(store, backend, n, "Strong", texts, qvecs, args, rows, detail)
+        measure_modes(store, backend, n, "Session", texts, qvecs, args, rows, detail)
         if backend != "milvus-server":
             return rows, detail
         name = store.physical_collection
@@ -259,9 +261,9 @@ def run_size(backend, where, n, entries, vectors, texts, qvecs, args) -> tuple[l
         store.close()
     # Strong waits for the server's time tick; Bounded may read data a few seconds old. The collection is then
     # dropped through a store opened on it directly (the alias goes with it).
-    for consistency in [*(c for c in args.server_consistency if c != "Strong"), None]:
+    for consistency in [*(c for c in args.server_consistency if c != "Session"), None]:
         other, _ = open_store(
-            backend, where, n, entries, args.timeout_s, consistency or "Strong", existing=name
+            backend, where, n, entries, args.timeout_s, consistency or "Session", existing=name
         )
         try:
             if consistency is None:
@@ -291,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-timeout", type=float, default=120.0, help="seconds for milvus-server to come up")
     p.add_argument(
         "--server-consistency",
-        default="Strong,Bounded",
-        help="read consistency levels measured on milvus-server (the store's default is Strong)",
+        default="Session,Strong,Bounded",
+        help="read consistency levels measured on milvus-server (the store's default is Session)",
     )
     p.add_argument("--results", type=Path, default=Path("bench/results"))
     p.add_argument("--timeout-s", type=float, default=TIMEOUT_S, help="per-call timeout towards Milvus")
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         return next(match, None)
 
     for n in sizes:
-        lite = pick("milvus-lite", n, "Strong")
+        lite = pick("milvus-lite", n, "Session")
         for consistency in args.server_consistency:
             srv = pick("milvus-server", n, consistency)
             if lite and srv:

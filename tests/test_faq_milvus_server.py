@@ -21,11 +21,33 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90
 
+READER = """
+import json, sys, time
+from services.faq.milvus_store import MilvusFaqStore
+from services.faq.testing import HashingEmbedder
+emb = HashingEmbedder(64)
+kw = {} if sys.argv[2] == "alias" else {"physical_collection": "faq_direct"}
+store = MilvusFaqStore(sys.argv[1], "faq", 64, embedder_version=emb.version, create_if_missing=False, **kw)
+vec = emb.embed(["门店几点开门"])[0]
+print("ready", flush=True)
+sys.stdin.readline()
+start, seen = time.monotonic(), None
+while time.monotonic() - start < 1.0:
+    hits = store.search("门店几点开门", vec, 1, "dense")
+    if hits and hits[0].faq_id == "faq-900":
+        seen = time.monotonic() - start
+        break
+    time.sleep(0.02)
+print(json.dumps({"seen_after_s": seen, "consistency": store.health()["consistency_level"]}), flush=True)
+store.close()
+"""
+
 CHILD = textwrap.dedent(
     """
     import json, sys
     from bench.milvus_server import MilvusServer23, MilvusServerUnavailable, enter_private_netns, interfaces
     from bench.milvus_server import listening_addresses
+    from tests.test_faq_milvus_server import READER
 
     def report(**kw):
         print("RESULT " + json.dumps(kw, ensure_ascii=False), flush=True)
@@ -74,9 +96,18 @@ CHILD = textwrap.dedent(
             out["duplicate"] = "accepted"
         except DuplicateQuestion as e:
             out["duplicate"] = [e.faq_id, e.existing_faq_id]
+        # Another process (a second gateway replica) searching with the default Session consistency must see
+        # the write within a second; the writer sees it in its very next search.
+        import subprocess
+        reader = subprocess.Popen([sys.executable, "-c", READER, uri, out["opened"]], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert reader.stdout.readline().strip() == "ready"
         new = FaqEntry(faq_id="faq-900", question="门店几点开门", answer="本店只在线上经营。")
         store.upsert([new], embed_entries(emb, [new]))
+        reader.stdin.write("go\\n"); reader.stdin.flush()
         out["new_top"] = store.search("门店几点开门", emb.embed(["门店几点开门"])[0], 1, "dense")[0].faq_id
+        out["other_process"] = json.loads(reader.stdout.readline())
+        reader.wait(30)
         out["deleted"] = store.delete(["faq-900", "faq-404"])
         out["count_after"] = store.count()
         store.close()
@@ -116,5 +147,7 @@ def test_store_on_milvus_2_3_runs_dense_only():
     assert out["bm25"].startswith("ModeNotSupported")
     assert out["get"] is True
     assert out["duplicate"] == ["dup-1", "faq-004"]
-    assert out["new_top"] == "faq-900"
+    assert out["new_top"] == "faq-900"  # the writer: at once
+    other = out["other_process"]  # another process: within a second, at the default Session consistency
+    assert other["consistency"] == "Session" and other["seen_after_s"] is not None, other
     assert out["deleted"] == 1 and out["count_after"] == 91

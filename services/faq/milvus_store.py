@@ -20,9 +20,12 @@ the alias, so `reindex` can point it at a new collection while searches keep run
 supports create/alter/describe/list/drop alias, persisted in the data dir's aliases.json). A search that
 races with the drop of the previous collection is retried once.
 
-Consistency: searches and queries use `consistency_level` (default Strong: a write is visible to every
-process's next search; milvus-lite is always read-your-writes). Bounded is cheaper on a real Milvus but can
-lag by seconds.
+Consistency (real Milvus; milvus-lite is always read-your-writes): searches use `consistency_level`, default
+Session — the process that wrote sees its write in its next search, other processes once the query nodes
+have consumed it (Milvus' time tick, 200 ms by default), and a search costs ~3 ms. Strong would make every
+search wait for the next time tick (~200 ms each on Milvus 2.3.5 standalone, `make bench-faq`). The admin
+reads that decide writes (duplicate checks, get, list, counts) use `admin_consistency_level`, default Strong,
+so a check never misses another process's committed write.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ class MilvusFaqStore(FaqStore):
         jieba_words: Sequence[str] = (),
         ranker: HybridRanker | None = None,
         oversample: int = 5,
-        consistency_level: str = "Strong",
+        consistency_level: str = "Session",
+        admin_consistency_level: str = "Strong",
         dense_index_type: str = "AUTOINDEX",
         timeout_s: float = 10.0,
     ):
@@ -113,6 +117,7 @@ class MilvusFaqStore(FaqStore):
         self._want_bm25, self._jieba_words = bm25, tuple(jieba_words)
         self._consistency, self._index_type, self._timeout = consistency_level, dense_index_type, timeout_s
         self._read_kw = {"consistency_level": consistency_level, "timeout": timeout_s}
+        self._admin_consistency = admin_consistency_level
         self._closed, self._name = False, None
         self._via_alias, self.bm25_supported = False, False
         self._conn = MilvusConnection(uri, token, timeout_s)
@@ -250,6 +255,7 @@ class MilvusFaqStore(FaqStore):
             "embedder_version": None,
             "ranker": self.ranker.kind if self.bm25_supported else None,
             "consistency_level": self._consistency,
+            "admin_consistency_level": self._admin_consistency,
         }
         try:
             info["collection"] = self.physical_collection
@@ -406,7 +412,7 @@ class MilvusFaqStore(FaqStore):
                 filter=expr,
                 output_fields=fields,
                 limit=min(limit, QUERY_LIMIT),
-                consistency_level=self._consistency,
+                consistency_level=self._admin_consistency,
                 timeout=self._timeout,
             )
         )
@@ -420,7 +426,7 @@ class MilvusFaqStore(FaqStore):
             batch_size=1000,
             filter=expr,
             output_fields=fields,
-            consistency_level=self._consistency,
+            consistency_level=self._admin_consistency,
         )
         rows = []
         try:
@@ -435,7 +441,7 @@ class MilvusFaqStore(FaqStore):
             self._name,
             filter=expr,
             output_fields=["count(*)"],
-            consistency_level=self._consistency,
+            consistency_level=self._admin_consistency,
             timeout=self._timeout,
         )
         return int(res[0]["count(*)"])

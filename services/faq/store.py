@@ -12,7 +12,8 @@ Contract (tests/test_faq_store_contract.py runs it against every implementation)
   by the caller (the admin API).
 - `search` answers FAQs, not phrasings: the best phrasing per FAQ, best first, scores normalised 0..1 as
   `services/faq/scoring.py` documents. Writes are visible to search as soon as `upsert`/`delete` return
-  (on Milvus with the default Strong consistency).
+  (on Milvus: at once for the writing process with the default Session consistency, within Milvus' time tick
+  for other processes; `admin_consistency_level` Strong for duplicate checks).
 - `list` orders by faq_id. `delete` ignores unknown ids and returns how many FAQs it removed.
 """
 
