@@ -1,0 +1,327 @@
+"""The gateway's edge: authentication, per-key rate limits, input limits and normalisation, error rendering,
+PII-free logs, and the shared state (sessions, response cache) in memory or Redis.
+
+    edge = Edge(EdgeSettings(), metrics)
+    edge.install(app)                                   # request ids, 413, uniform errors, log redaction
+    @app.post("/v1/chat")
+    async def chat(body: ChatIn, principal: Principal = Depends(edge.require("chat"))):
+        text = edge.check_texts([body.text], field="text")[0]
+    app.include_router(create_admin_router(store, embedder, auth=edge.admin_dependency()), prefix="/admin/faq")
+
+Credentials: `X-API-Key: <key>` or `Authorization: Bearer <key or JWT>`. 401 `unauthorized` without valid
+credentials (with `WWW-Authenticate`), 403 `forbidden` without the route's scope, then 429 `rate_limited` with
+`Retry-After` when the key's token bucket is empty. With `redis_url` set, every replica shares the buckets,
+sessions and cache through Redis.
+
+The FAQ admin router renders its own errors from its own exception types (`services/faq/admin.py` STATUS),
+and maps any other exception to 500, so it gets `admin_dependency()`, which raises those types; both render
+the same uniform body. Its 429 is an `HTTPException` (status 429 and `Retry-After`) unless the admin router
+maps an error with code `rate_limited`, which is then used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException
+
+from services.gateway.cache import MemoryCache, RedisCache, ResponseCache
+from services.gateway.edge_http import install_http
+from services.gateway.errors import ApiError
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from services.gateway.redaction import install_log_redaction
+from services.gateway.redis_conn import connect
+from services.gateway.security import (
+    DEFAULTS_DIR,
+    DEMO_KEY_SHA256,
+    Authenticator,
+    Principal,
+    load_key_records,
+    refuse_placeholders,
+    require_scope,
+)
+from services.gateway.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from services.gateway.textnorm import TextNormalizer
+
+log = logging.getLogger(__name__)
+
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key of the gateway")
+_BEARER = HTTPBearer(auto_error=False, description="an API key, or a JWT when the gateway accepts them")
+ApiKeyHeader = Annotated[str | None, Security(_API_KEY)]
+BearerHeader = Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+
+
+class EdgeSettings(BaseSettings):
+    """Security, limits and shared-state settings; each field is overridable by `KEFU_GATEWAY_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="KEFU_GATEWAY_", extra="ignore")
+
+    mode: Literal["development", "production"] = Field(
+        "development",
+        description="production refuses to start with the demo API key (file or digest) or a weak JWT secret",
+    )
+    api_keys_file: Path = Field(
+        DEFAULTS_DIR / "api_keys.yaml",
+        description="YAML `keys: [{tenant, sha256, scopes, rate_per_s, burst}]` (format in the default file, "
+        "which holds only the development demo key)",
+    )
+    default_rate_per_s: float = Field(10.0, gt=0, description="token refill rate of keys that set none")
+    default_burst: int = Field(20, ge=1, description="bucket size of keys that set none")
+    jwt_enabled: bool | None = Field(
+        None, description="accept JWT bearer tokens; unset = on when a secret or public key is configured"
+    )
+    jwt_secret: str = Field("", repr=False, description="HS256 secret (at least 32 bytes in production)")
+    jwt_public_key_file: Path | None = Field(
+        None, description="PEM public key for RS256 tokens (needs the `cryptography` package)"
+    )
+    jwt_issuer: str = Field("", description="required `iss` claim; empty = not checked")
+    jwt_audience: str = Field("", description="required `aud` claim; empty = not checked")
+    jwt_require_exp: bool = Field(True, description="refuse tokens without an `exp` claim")
+    jwt_leeway_s: float = Field(30.0, ge=0, description="clock skew allowed on exp / nbf / iat")
+    jwt_tenant_claim: str = Field("tenant", description="claim naming the tenant (letters, digits, _ . -)")
+    jwt_rate_per_s: float | None = Field(
+        None, gt=0, description="bucket refill of JWT callers (per tenant+sub)"
+    )
+    jwt_burst: int | None = Field(None, ge=1, description="bucket size of JWT callers")
+    redis_url: str = Field(
+        "",
+        description="redis://host:port/db: rate limits, sessions and cache shared by replicas; empty = memory",
+    )
+    redis_timeout_s: float = Field(
+        0.25, gt=0, description="per-command Redis timeout (then degrade, not wait)"
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body (413 above)")
+    body_limit_exempt_prefixes: tuple[str, ...] = Field(
+        ("/admin/faq/",), description="paths whose routes enforce their own body limit (the FAQ admin API)"
+    )
+    max_text_chars: int = Field(512, ge=1, description="longest text after normalisation (400 above)")
+    max_list_size: int = Field(32, ge=1, description="most texts in one request (400 above)")
+    sensitive_words_file: Path = Field(
+        DEFAULTS_DIR / "sensitive_words.txt",
+        description="masked words, one a line (format in the default file); each matched character becomes *",
+    )
+    rate_limit_max_keys: int = Field(100_000, ge=1, description="buckets kept in memory (LRU)")
+    session_max: int = Field(
+        10_000, ge=1, description="sessions kept in memory (LRU); Redis keeps all until TTL"
+    )
+    session_max_turns: int = Field(10, ge=1, description="turns kept per session (oldest dropped)")
+    session_ttl_s: float = Field(1800.0, gt=0, description="a session expires this long after its last turn")
+    cache_max_entries: int = Field(10_000, ge=1, description="answers kept in the memory cache (LRU)")
+    cache_ttl_s: float = Field(300.0, gt=0, description="seconds an answer stays cached")
+
+    @property
+    def jwt_on(self) -> bool:
+        if self.jwt_enabled is None:
+            return bool(self.jwt_secret or self.jwt_public_key_file)
+        return self.jwt_enabled
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> EdgeSettings:
+        if self.jwt_on and not (self.jwt_secret or self.jwt_public_key_file):
+            raise ValueError(
+                "KEFU_GATEWAY_JWT_ENABLED: JWT is on but neither KEFU_GATEWAY_JWT_SECRET nor "
+                "KEFU_GATEWAY_JWT_PUBLIC_KEY_FILE is set"
+            )
+        if self.mode == "production":
+            records = load_key_records(self.api_keys_file)
+            refuse_placeholders(self.api_keys_file, records, self.jwt_on, self.jwt_secret, self._public_key())
+        return self
+
+    def _public_key(self) -> str:
+        if not self.jwt_public_key_file:
+            return ""
+        try:
+            return Path(self.jwt_public_key_file).read_text("utf-8")
+        except OSError as e:
+            raise ValueError(
+                f"KEFU_GATEWAY_JWT_PUBLIC_KEY_FILE: cannot read {self.jwt_public_key_file} ({e})"
+            ) from e
+
+
+class Edge:
+    """Everything between the socket and the route handlers (see the module docstring)."""
+
+    def __init__(self, settings: EdgeSettings, metrics: GatewayMetrics, redis: Any = None):
+        s = self.settings = settings
+        self.metrics = metrics
+        records = load_key_records(s.api_keys_file)
+        if s.mode == "production":  # also when settings were built without validation
+            refuse_placeholders(s.api_keys_file, records, s.jwt_on, s.jwt_secret, s._public_key())
+        elif any(r.sha256 == DEMO_KEY_SHA256 for r in records):
+            log.warning("development mode: the demo API key is accepted (never in production)")
+        self.auth = Authenticator(
+            records,
+            default_rate_per_s=s.default_rate_per_s,
+            default_burst=s.default_burst,
+            jwt_secret=s.jwt_secret if s.jwt_on else "",
+            jwt_public_key=s._public_key() if s.jwt_on else "",
+            jwt_issuer=s.jwt_issuer,
+            jwt_audience=s.jwt_audience,
+            jwt_require_exp=s.jwt_require_exp,
+            jwt_leeway_s=s.jwt_leeway_s,
+            jwt_tenant_claim=s.jwt_tenant_claim,
+            jwt_rate_per_s=s.jwt_rate_per_s,
+            jwt_burst=s.jwt_burst,
+        )
+        self.normalizer = TextNormalizer.from_file(s.sensitive_words_file)
+        self._owns_redis = redis is None and bool(s.redis_url)
+        if self._owns_redis:
+            redis = connect(s.redis_url, timeout_s=s.redis_timeout_s)
+        self.redis = redis
+        self.limiter: RateLimiter
+        self.sessions: SessionStore
+        self.cache: ResponseCache
+        if redis is not None:
+            self.limiter = RedisRateLimiter(redis, fallback=MemoryRateLimiter(s.rate_limit_max_keys))
+            self.sessions = RedisSessionStore(redis, s.session_max_turns, s.session_ttl_s)
+            self.cache = RedisCache(redis, s.cache_ttl_s)
+        else:
+            self.limiter = MemoryRateLimiter(s.rate_limit_max_keys)
+            self.sessions = MemorySessionStore(s.session_max, s.session_max_turns, s.session_ttl_s)
+            self.cache = MemoryCache(s.cache_max_entries, s.cache_ttl_s)
+
+    # ── HTTP ────────────────────────────────────────────────────────────────────────────────────────
+
+    def install(self, app: FastAPI) -> None:
+        """Request-id middleware (X-Request-ID in/out; request.state.request_id), body-size limit (413 before
+        reading more than max_body_bytes), exception handlers rendering ApiError / RequestValidationError (400
+        naming the field) / HTTPException / any Exception (500, logged with traceback, body without details) in
+        the uniform error body, and PII-redacting log configuration (again at ASGI start-up)."""
+        install_http(app, self.settings.max_body_bytes, self.settings.body_limit_exempt_prefixes)
+        install_log_redaction()
+
+    async def authenticate(
+        self, request: Request, api_key: str | None, bearer: HTTPAuthorizationCredentials | None
+    ) -> Principal:
+        """The caller's principal, or ApiError 401."""
+        token = api_key or (bearer.credentials if bearer else None)
+        if not token:
+            challenge = {"WWW-Authenticate": 'Bearer realm="kefu"'}
+            if request.headers.get("authorization"):
+                raise ApiError(
+                    401, "unauthorized", "Authorization must be 'Bearer <key or token>'", challenge
+                )
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing credentials: send X-API-Key: <key> or Authorization: Bearer",
+                challenge,
+            )
+        return self.auth.authenticate(token.strip())
+
+    async def rate_limit(self, principal: Principal) -> None:
+        """ApiError 429 `rate_limited` (with Retry-After) when the principal's bucket is empty."""
+        decision = await self.limiter.acquire(
+            f"{principal.tenant}:{principal.key_id}", principal.rate_per_s, principal.burst
+        )
+        if not decision.allowed:
+            self.metrics.rate_limited.labels(tenant=principal.tenant).inc()
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"rate limit of this key exceeded ({principal.rate_per_s:g}/s, burst {principal.burst}); "
+                f"retry after {decision.retry_after_header} s",
+                {"Retry-After": decision.retry_after_header},
+            )
+
+    def require(self, scope: str) -> Callable[..., Awaitable[Principal]]:
+        """FastAPI dependency: authenticates X-API-Key: <key> or Authorization: Bearer <key or JWT>; 401
+        without/invalid credentials, 403 without `scope`, then applies the per-key token bucket (429
+        rate_limited with Retry-After, counts metrics.rate_limited). Sets request.state.principal."""
+
+        async def principal_with_scope(
+            request: Request,
+            api_key: ApiKeyHeader,
+            bearer: BearerHeader,
+        ) -> Principal:
+            principal = await self.authenticate(request, api_key, bearer)
+            require_scope(principal, scope)
+            await self.rate_limit(principal)
+            request.state.principal = principal
+            return principal
+
+        return principal_with_scope
+
+    def admin_dependency(self, scope: str = "admin") -> Callable[..., Awaitable[Principal]]:
+        """`require(scope)` for the FAQ admin router: raises its `Unauthorized` / `Forbidden` (which it renders
+        in the same uniform body) instead of ApiError, which it would answer with a 500."""
+        from services.faq import admin as faq_admin
+        from services.faq.admin_schemas import Forbidden, Unauthorized
+
+        inner = self.require(scope)
+        rate_limited_cls = next((cls for cls, _, code in faq_admin.STATUS if code == "rate_limited"), None)
+
+        async def admin_principal(
+            request: Request,
+            api_key: ApiKeyHeader,
+            bearer: BearerHeader,
+        ) -> Principal:
+            try:
+                return await inner(request, api_key, bearer)
+            except ApiError as e:
+                if e.status == 401:
+                    raise Unauthorized(e.message) from None
+                if e.status == 403:
+                    raise Forbidden(e.message) from None
+                if e.status == 429 and rate_limited_cls is not None:
+                    error = rate_limited_cls(e.message)
+                    error.retry_after_s = int(e.headers["Retry-After"])
+                    raise error from None
+                raise HTTPException(e.status, e.message, e.headers) from None
+
+        return admin_principal
+
+    # ── input ───────────────────────────────────────────────────────────────────────────────────────
+
+    def check_texts(self, texts: list[str], field: str = "texts") -> list[str]:
+        """Validates sizes (400 text_too_long / too_many_texts / empty_text naming the index) and returns the
+        normalised texts (NFKC, full-width→half-width, whitespace collapsed), sensitive words masked."""
+        s = self.settings
+        if not isinstance(texts, list):
+            raise ApiError(400, "invalid_texts", f"{field}: must be a list of strings")
+        if not texts:
+            raise ApiError(400, "no_texts", f"{field}: at least one text is required")
+        if len(texts) > s.max_list_size:
+            raise ApiError(
+                400,
+                "too_many_texts",
+                f"{field}: {len(texts)} texts, at most {s.max_list_size} in one request",
+            )
+        out = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ApiError(400, "invalid_text", f"{field}[{i}]: must be a string")
+            clean = self.normalizer.normalize(text)
+            if not clean:
+                raise ApiError(400, "empty_text", f"{field}[{i}]: empty (after trimming whitespace)")
+            if len(clean) > s.max_text_chars:
+                raise ApiError(
+                    400,
+                    "text_too_long",
+                    f"{field}[{i}]: {len(clean)} characters, at most {s.max_text_chars}",
+                )
+            out.append(self.normalizer.mask(clean))
+        return out
+
+    def check_text(self, text: str, field: str = "text") -> str:
+        """`check_texts` for one text; errors name `field` (e.g. `text: empty ...`)."""
+        try:
+            return self.check_texts([text])[0]
+        except ApiError as e:
+            e.message = e.message.replace("texts[0]", field, 1)
+            raise
+
+    async def close(self) -> None:
+        await self.limiter.close()
+        await self.sessions.close()
+        await self.cache.close()
+        if self._owns_redis and self.redis is not None:
+            await self.redis.aclose()

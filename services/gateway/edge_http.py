@@ -1,0 +1,202 @@
+"""The HTTP rim of the gateway: request ids, the body-size limit, and the one place errors become responses.
+
+Pure ASGI middlewares (no `BaseHTTPMiddleware`: it buffers and breaks streaming) and FastAPI exception
+handlers, all answering the uniform body of `errors.error_body`:
+
+| raised | status | code |
+|---|---|---|
+| `ApiError` | its own | its own |
+| body over the limit (declared or streamed) | 413 | `body_too_large` |
+| `RequestValidationError` (FastAPI's request parsing) | 400 | `invalid_request`, the message names each field |
+| `HTTPException` (404 unknown route, 405 ...) | its own | `not_found`, `method_not_allowed`, ... |
+| anything else | 500 | `internal` (logged with its traceback; the body says nothing more) |
+
+The request id is the caller's `X-Request-ID` when it is a plain token of at most 128 characters (the FAQ
+admin router's rule), else a new uuid4 that is also written into the request's headers, so a mounted router
+that reads the header (the FAQ admin router) uses the same id. It is `request.state.request_id` and every
+response carries it back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.errors import ApiError, error_body
+from services.gateway.redaction import install_log_redaction
+
+log = logging.getLogger("services.gateway")
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+INTERNAL_MESSAGE = "internal error (see the server log for this request id)"
+
+
+def request_id(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    return rid or request.headers.get("x-request-id") or str(uuid.uuid4())
+
+
+def error_response(status: int, code: str, message: str, rid: str, headers: dict[str, str] | None = None):
+    return JSONResponse(
+        error_body(code, message, rid), status_code=status, headers={**(headers or {}), "X-Request-ID": rid}
+    )
+
+
+class RequestIdMiddleware:
+    """Request id in and out; (re-)installs log redaction when the server starts the app (lifespan), after
+    the server has configured its own logging."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            install_log_redaction()
+            return await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        given = [v for k, v in scope.get("headers", ()) if k == b"x-request-id"]
+        rid = given[0].decode("latin-1") if given else ""
+        if not REQUEST_ID_RE.match(rid):
+            rid = str(uuid.uuid4())
+            scope["headers"] = [(k, v) for k, v in scope.get("headers", ()) if k != b"x-request-id"]
+            scope["headers"].append((b"x-request-id", rid.encode()))
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """413 `body_too_large` for a body over `limit` bytes: at once when Content-Length says so, else as soon as
+    the streamed body passes the limit (whatever the app did with the error, the answer is the 413). Paths under
+    `exempt_prefixes` enforce their own limits (the FAQ admin router: 5 MiB imports)."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt_prefixes: Sequence[str] = ()):
+        self.app, self.limit, self.exempt = app, limit, tuple(exempt_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.exempt and scope["path"].startswith(self.exempt)):
+            return await self.app(scope, receive, send)
+        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            msg = f"request body of {int(declared)} bytes is over the limit of {self.limit} bytes"
+            return await self._refuse(scope, receive, send, msg)
+        seen, exceeded, started = 0, False, False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    exceeded = True
+                    raise ApiError(
+                        413, "body_too_large", f"request body over the limit of {self.limit} bytes"
+                    )
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded and not started:
+                return  # the app's answer to the error is replaced by the 413 below
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded or started:
+                raise
+        if exceeded and not started:
+            await self._refuse(scope, receive, send, f"request body over the limit of {self.limit} bytes")
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, message: str) -> None:
+        rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
+        response = error_response(413, "body_too_large", message, rid, {"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def describe_validation(e: RequestValidationError) -> str:
+    """`invalid request: texts.3: String should have at most 512 characters; ...` (field paths, no input)."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path", "header"))
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            loc, msg = "body", f"not JSON ({(err.get('ctx') or {}).get('error', 'decode error')})"
+        parts.append(f"{loc or 'body'}: {msg}")
+    return (
+        "invalid request: "
+        + "; ".join(parts[:10])
+        + (f" (and {len(parts) - 10} more)" if len(parts) > 10 else "")
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, request_id(request), exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(400, "invalid_request", describe_validation(exc), request_id(request))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if isinstance(exc.__cause__, ApiError):  # FastAPI wraps errors raised while reading the body
+        return await _api_error(request, exc.__cause__)
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, ensure_ascii=False)
+    return error_response(exc.status_code, code, detail, request_id(request), dict(exc.headers or {}))
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    rid = request_id(request)
+    log.error("request %s failed: %s %s", rid, request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", INTERNAL_MESSAGE, rid)
+
+
+def install_http(app: FastAPI, max_body_bytes: int, exempt_prefixes: Sequence[str] = ()) -> None:
+    """Middlewares (request id outermost, then the body limit) and exception handlers on `app`."""
+    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes, exempt_prefixes=tuple(exempt_prefixes))
+    app.add_middleware(RequestIdMiddleware)  # added last = outermost
+    handlers: list[tuple[Any, Any]] = [
+        (ApiError, _api_error),
+        (RequestValidationError, _validation_error),
+        (HTTPException, _http_error),
+        (Exception, _internal_error),
+    ]
+    for exc_type, handler in handlers:
+        app.add_exception_handler(exc_type, handler)
