@@ -90,7 +90,7 @@ def selector(metric: str, *matchers: str, **labels: str | None) -> str:
     """`metric{label="value", ...}`: equality matchers from `labels` (None skipped), then raw `matchers`."""
     parts = [f"{k}={quote(v)}" for k, v in labels.items() if v is not None]
     parts += [m for m in matchers if m]
-    return f"{metric}{{{', '.join(parts)}}}"
+    return f"{metric}{{{', '.join(parts)}}}" if parts else metric
 
 
 def request_rate(model: str, version: str, window: str = "5m", role: Role = None) -> str:
@@ -148,28 +148,32 @@ def confidence_histogram(model: str, version: str, window: str = "5m", role: Rol
 # ---- per-model comparisons by role (alerts, overview panels): no version needed ------------------------------
 
 
-def error_rate_by_model(role: Role, window: str = "5m") -> str:
-    """Error fraction per `model` of calls made under `role` (e.g. every canary being rolled out)."""
+def _by(by: Sequence[str]) -> str:
+    return f"sum by ({', '.join(by)})"
+
+
+def error_rate_by_model(role: Role, window: str = "5m", by: Sequence[str] = ("model",)) -> str:
+    """Error fraction per `model` (or per the `by` labels) of calls made under `role` (None: any role)."""
     w = check_window(window)
     rm = role_matcher(role)
     errors = selector(REQUESTS, rm, f"outcome!={quote(OK_OUTCOME)}")
-    return f"sum by (model) (rate({errors}[{w}])) / sum by (model) (rate({selector(REQUESTS, rm)}[{w}]))"
+    return f"{_by(by)} (rate({errors}[{w}])) / {_by(by)} (rate({selector(REQUESTS, rm)}[{w}]))"
 
 
-def p99_latency_by_model(role: Role, window: str = "5m") -> str:
-    """p99 model call latency in seconds per `model` of calls made under `role`."""
+def p99_latency_by_model(role: Role, window: str = "5m", by: Sequence[str] = ("model",)) -> str:
+    """p99 model call latency in seconds per `model` (or per the `by` labels) of calls made under `role`."""
     sel = selector(f"{DURATION}_bucket", role_matcher(role))
-    return f"histogram_quantile(0.99, sum by (model, le) (rate({sel}[{check_window(window)}])))"
+    return f"histogram_quantile(0.99, {_by((*by, 'le'))} (rate({sel}[{check_window(window)}])))"
 
 
-def request_rate_by_model(role: Role, window: str = "5m") -> str:
-    """Model calls per second per `model` made under `role`."""
-    return f"sum by (model) (rate({selector(REQUESTS, role_matcher(role))}[{check_window(window)}]))"
+def request_rate_by_model(role: Role, window: str = "5m", by: Sequence[str] = ("model",)) -> str:
+    """Model calls per second per `model` (or per the `by` labels) made under `role`."""
+    return f"{_by(by)} (rate({selector(REQUESTS, role_matcher(role))}[{check_window(window)}]))"
 
 
 def shadow_agreement_by_model(window: str = "5m") -> str:
     """Shadow agreement fraction per `model`, `stable_version` and `canary_version`."""
     w = check_window(window)
-    by = "sum by (model, stable_version, canary_version)"
+    by = _by(("model", "stable_version", "canary_version"))
     agree = selector(SHADOW, agree="true")
     return f"{by} (rate({agree}[{w}])) / {by} (rate({SHADOW}[{w}]))"
