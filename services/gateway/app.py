@@ -1,0 +1,352 @@
+"""The public customer-service API (v1): FastAPI app factory and thin routes.
+
+    POST /v1/chat           one customer turn → reply, action (answer|suggest|clarify|handoff), intent, sentiment,
+                            FAQ hits, handoff_reason, model versions, request id            (scope chat)
+    POST /v1/intent         intent of one text or a list                                       (scope chat)
+    POST /v1/sentiment      sentiment of one text or a list                                    (scope chat)
+    POST /v1/faq/search     FAQs for one query or a list                                       (scope chat)
+    GET  /healthz           liveness (the process answers)
+    GET  /readyz            readiness: 200 when at least one upstream can answer (status ready / degraded),
+                            503 when none can; the body lists every upstream and the knowledge base
+    GET  /metrics           Prometheus (services/gateway/metrics.py)
+    /admin/faq/...          the FAQ admin API (services/faq/admin.py)                           (scope admin)
+
+`create_app(settings, edge_settings, ...)` takes its dependencies so tests swap in fake workers (an httpx
+transport), an in-memory FAQ store, and their own Prometheus registry. Authentication, rate limits, body and
+text limits, normalisation, request ids, log redaction and the uniform error body are the edge's
+(`edge.py`); the decision is `orchestrator.py` + `policy.py`. Every response carries `X-Request-ID` and
+`Server-Timing` (`timing.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.faq.admin import create_admin_router
+from services.faq.store import FaqStore
+from services.gateway.cache import ResponseCache
+from services.gateway.edge import Edge, EdgeSettings
+from services.gateway.errors import ApiError
+from services.gateway.faq_admin import KbEmbedder, KbStore, kb_reindexer
+from services.gateway.inference import ModelClient, ModelRouter
+from services.gateway.knowledge import (
+    FaqUnavailable,
+    KnowledgeBase,
+    ReindexerFactory,
+    StoreOpener,
+    default_opener,
+    default_reindexer,
+)
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.orchestrator import Orchestrator
+from services.gateway.policy import Policy
+from services.gateway.schemas import (
+    ChatRequest,
+    ChatResponse,
+    ErrorResponse,
+    FaqHitOut,
+    FaqSearchRequest,
+    FaqSearchResponse,
+    FaqSearchResult,
+    Health,
+    IntentOut,
+    IntentResponse,
+    Readiness,
+    SentimentOut,
+    SentimentResponse,
+    TextsRequest,
+)
+from services.gateway.sessions import SessionStore, check_session_id
+from services.gateway.settings import GatewaySettings
+from services.gateway.timing import Timings
+from services.gateway.upstream import UpstreamError, WorkerPool
+
+log = logging.getLogger("services.gateway")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "invalid request (names the field / text index)",
+        401: "missing or invalid credentials",
+        403: "the key lacks the scope",
+        413: "body too large",
+        429: "rate limited (Retry-After)",
+        503: "upstreams unavailable (Retry-After)",
+    }.items()
+}
+
+
+class TimingMiddleware:
+    """Request metrics by route template and status, and the `Server-Timing` header (outermost middleware)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        timings = Timings()
+        scope.setdefault("state", {})["timings"] = timings
+        status = 500
+
+        async def send_timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["Server-Timing"] = timings.header()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            elapsed = time.perf_counter() - timings.started
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.request_duration.labels(route, str(status)).observe(elapsed)
+
+
+def _texts(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _upstream_error(e: UpstreamError, retry_after: int) -> ApiError:
+    if e.status == 400:
+        return ApiError(400, "invalid_text", f"the {e.upstream} model refused the input: {e.message}")
+    return ApiError(
+        503,
+        "upstream_unavailable",
+        f"{e.upstream} is unavailable; retry later",
+        {"Retry-After": str(retry_after)},
+    )
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    edge_settings: EdgeSettings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    transport: Any = None,
+    store: FaqStore | None = None,
+    open_store: StoreOpener | None = None,
+    reindexer: ReindexerFactory | None = None,
+    model_router: ModelRouter | None = None,
+    sessions: SessionStore | None = None,
+    cache: ResponseCache | None = None,
+) -> FastAPI:
+    """Build the gateway. Without `store`/`open_store` the FAQ store is `FaqSettings().open_store()`
+    (KEFU_FAQ_*); `transport` (an httpx transport) replaces the network towards the workers in tests."""
+    settings = settings or GatewaySettings()
+    edge_settings = edge_settings or EdgeSettings()
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    policy = Policy.load(settings.policy_file)
+    edge = Edge(edge_settings, metrics)
+    sessions = sessions or edge.sessions
+    if cache is None and settings.cache_enabled:
+        cache = edge.cache
+    pool = WorkerPool(settings, metrics, transport=transport)
+    models = ModelClient(pool, metrics, model_router)
+    kb = None
+    if settings.faq_enabled:
+        if store is None and open_store is None:
+            open_store, reindexer = default_opener(), reindexer or default_reindexer()
+        kb = KnowledgeBase(
+            settings, policy, models, metrics, store=store, open_store=open_store, reindexer=reindexer
+        )
+    orchestrator = Orchestrator(settings, policy, models, kb, sessions, cache, metrics)
+
+    async def refresh_forever() -> None:
+        while True:
+            await asyncio.sleep(settings.refresh_interval_s)
+            try:
+                await pool.refresh()
+                if kb is not None:
+                    await kb.refresh()
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("upstream refresh failed")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await pool.refresh()
+        if kb is not None:
+            await kb.prepare()
+        task = asyncio.get_running_loop().create_task(refresh_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await pool.close()
+            if kb is not None:
+                await asyncio.to_thread(kb.close)
+            await edge.close()  # its sessions, cache, rate limiter and Redis
+
+    app = FastAPI(
+        title="kefu gateway",
+        version="1.0",
+        description="客服 API: one decision per customer message (answer / suggest / clarify / handoff), intent, "
+        "sentiment and FAQ search. Authenticate with `X-API-Key: <key>` or `Authorization: Bearer <key or JWT>`.",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.pool, app.state.kb, app.state.orchestrator = (
+        settings,
+        pool,
+        kb,
+        orchestrator,
+    )
+    app.state.metrics, app.state.edge, app.state.registry = metrics, edge, registry
+    edge.install(app)
+    app.add_middleware(TimingMiddleware, metrics=metrics)
+    chat_scope = Depends(edge.require("chat"))
+
+    @app.post(
+        "/v1/chat", response_model=ChatResponse, responses=ERRORS, tags=["v1"], dependencies=[chat_scope]
+    )
+    async def chat(body: ChatRequest, request: Request):
+        """One customer message in a session: the reply to show and what the support flow should do."""
+        check_session_id(body.session_id)
+        [text] = edge.check_texts([body.text])
+        result = await orchestrator.chat(body.session_id, text, request.state.timings)
+        d = result.decision
+        log.info(
+            "chat session=%s channel=%s action=%s reason=%s degraded=%s",
+            body.session_id, body.channel or "-", d.action, d.handoff_reason or "-", ",".join(result.degraded) or "-",
+        )  # fmt: skip
+        return ChatResponse(
+            request_id=request.state.request_id,
+            session_id=body.session_id,
+            reply=d.reply,
+            action=d.action,
+            intent=IntentOut(label=result.intent.label, confidence=result.intent.confidence)
+            if result.intent
+            else None,
+            sentiment=_sentiment(result.sentiment, result.negative) if result.sentiment else None,
+            faq_hits=[_hit(h) for h in d.hits],
+            handoff_reason=d.handoff_reason,
+            model_versions=result.versions,
+            degraded=result.degraded,
+            slots=dict(result.session.slots),
+        )
+
+    @app.post(
+        "/v1/intent", response_model=IntentResponse, responses=ERRORS, tags=["v1"], dependencies=[chat_scope]
+    )
+    async def intent(body: TextsRequest, request: Request):
+        """Intent of each text (one or a list)."""
+        texts = edge.check_texts(_texts(body.text))
+        try:
+            version, preds, _ = await orchestrator.classify("intent", texts, request.state.timings)
+        except UpstreamError as e:
+            raise _upstream_error(e, settings.retry_after_s) from None
+        results = [IntentOut(label=p.label, confidence=p.confidence) for p in preds]
+        return IntentResponse(request_id=request.state.request_id, model_version=version, results=results)
+
+    @app.post(
+        "/v1/sentiment",
+        response_model=SentimentResponse,
+        responses=ERRORS,
+        tags=["v1"],
+        dependencies=[chat_scope],
+    )
+    async def sentiment(body: TextsRequest, request: Request):
+        """Sentiment of each text (one or a list)."""
+        texts = edge.check_texts(_texts(body.text))
+        try:
+            version, preds, _ = await orchestrator.classify("sentiment", texts, request.state.timings)
+        except UpstreamError as e:
+            raise _upstream_error(e, settings.retry_after_s) from None
+        results = [_sentiment(p, orchestrator.negative_score(p)) for p in preds]
+        return SentimentResponse(request_id=request.state.request_id, model_version=version, results=results)
+
+    @app.post(
+        "/v1/faq/search",
+        response_model=FaqSearchResponse,
+        responses=ERRORS,
+        tags=["v1"],
+        dependencies=[chat_scope],
+    )
+    async def faq_search(body: FaqSearchRequest, request: Request):
+        """The best FAQs for each query (one or a list), best first."""
+        texts = edge.check_texts(_texts(body.text))
+        try:
+            version, hits = await orchestrator.search_faq(texts, body.top_k, request.state.timings)
+        except UpstreamError as e:
+            raise _upstream_error(e, settings.retry_after_s) from None
+        except FaqUnavailable as e:
+            raise ApiError(
+                503,
+                "faq_unavailable",
+                f"the knowledge base is unavailable: {e}",
+                {"Retry-After": str(settings.retry_after_s)},
+            ) from None
+        results = [FaqSearchResult(hits=[_hit(h) for h in per_text]) for per_text in hits]
+        return FaqSearchResponse(request_id=request.state.request_id, model_version=version, results=results)
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz():
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Readiness, tags=["ops"], responses={503: {"model": Readiness}})
+    async def readyz():
+        usable = {role: pool.usable(role) for role in pool.replicas}
+        kb_ready = kb is not None and kb.ready
+        can = [usable["intent"], usable["sentiment"], usable["faq"] and kb_ready]
+        status = "ready" if all(can) else "degraded" if any(can) else "unavailable"
+        body = Readiness(
+            status=status,
+            upstreams=pool.status(),
+            knowledge_base={
+                "enabled": kb is not None,
+                "ready": kb_ready,
+                "encoder": kb.embedder.version if kb and kb.embedder else None,
+                "thresholds": kb.thresholds.__dict__ if kb else None,
+                "error": kb.error if kb else None,
+            },
+        )
+        return JSONResponse(body.model_dump(), status_code=503 if status == "unavailable" else 200)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def prometheus_metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    if kb is not None:
+        admin = create_admin_router(
+            KbStore(kb), KbEmbedder(kb), auth=edge.admin_dependency(), reindexer=kb_reindexer(kb)
+        )
+        app.include_router(admin, prefix="/admin/faq", tags=["admin"])
+    return app
+
+
+def _sentiment(p, negative: float | None) -> SentimentOut:
+    return SentimentOut(
+        label=p.label, score=p.confidence, negative=round(negative if negative is not None else 0.0, 6)
+    )
+
+
+def _hit(h) -> FaqHitOut:
+    score = h.cosine if h.cosine is not None else h.score
+    return FaqHitOut(
+        faq_id=h.faq_id,
+        question=h.question,
+        answer=h.answer,
+        category=h.category,
+        matched_text=h.matched_text,
+        score=round(float(score), 6),
+    )
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for `python -m services.gateway`."""
+    return create_app(GatewaySettings(), EdgeSettings())

@@ -1,0 +1,282 @@
+"""The FAQ knowledge base as the gateway sees it: embed through the workers, search the store, apply thresholds.
+
+    kb = KnowledgeBase(settings, policy, models, metrics, open_store=...)   # or store=InMemoryFaqStore(dim)
+    await kb.prepare()                       # at start, and again on every refresh until ready
+    version, hits = await kb.search(["运费怎么算"], top_k=5)
+
+Preparation (in a thread, it may embed the whole knowledge base):
+1. the encoder version and dimension come from the worker's metadata of the `faq` model (`faq-v<N>`);
+2. the store is opened for that version (`FaqSettings(...).open_store()`: milvus-lite file by default);
+3. an empty store is filled from `faq_seed_file` when one is set (the demo KB under `make run`);
+4. a store whose collection was embedded by another encoder version is re-embedded through
+   `services/faq/reindex.py` (zero-downtime alias switch) from its own contents, when `faq_reindex_on_mismatch`;
+5. the answer / suggest thresholds are read from `<model repository>/<faq model>/thresholds.json` for that
+   version (`services/faq/thresholds.py`), else taken from the policy file.
+
+Until that succeeds, and whenever the encoder answers with a version other than the one the collection was
+built with (a new encoder rolled out: it is re-indexed at the next refresh), `search` raises `FaqUnavailable`
+and `/v1/chat` degrades (`faq_down`). Store calls run in threads with `store_timeout_s`, behind a circuit
+breaker (`kefu_gateway_circuit_state{upstream="faq_store"}`). Metrics: `kefu_faq_search_duration_seconds`,
+`kefu_faq_top_score`, `kefu_faq_entries`, `kefu_faq_store_up`, the encoder's `kefu_gateway_model_confidence`
+(the top FAQ score) and `kefu_gateway_upstream_duration_seconds{upstream="faq_store"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.faq import thresholds as faq_thresholds
+from services.faq.domain import FaqError, FaqHit, read_faq_jsonl
+from services.faq.store import FaqStore, embed_entries
+from services.gateway.breaker import CircuitBreaker
+from services.gateway.embedder import WorkerEmbedder
+from services.gateway.inference import ModelClient
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.policy import Policy, Thresholds, faq_score
+from services.gateway.settings import GatewaySettings
+from services.gateway.timing import Timings
+
+log = logging.getLogger(__name__)
+
+STORE = "faq_store"
+StoreOpener = Callable[[str, int], FaqStore]  # (embedder version, dim) -> store
+ReindexerFactory = Callable[[WorkerEmbedder], Callable[[list], Any]]
+
+
+class FaqUnavailable(Exception):
+    """The knowledge base cannot answer now (encoder or store down, not prepared, re-index pending)."""
+
+
+def default_opener() -> StoreOpener:
+    from services.faq.settings import FaqSettings
+
+    return lambda version, dim: FaqSettings(embedder_version=version, embedder_dim=dim).open_store()
+
+
+def default_reindexer() -> ReindexerFactory:
+    from services.faq.admin import milvus_reindexer
+    from services.faq.settings import FaqSettings
+
+    def factory(embedder: WorkerEmbedder):
+        return milvus_reindexer(
+            FaqSettings(embedder_version=embedder.version, embedder_dim=embedder.dim), embedder
+        )
+
+    return factory
+
+
+class KnowledgeBase:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        policy: Policy,
+        models: ModelClient,
+        metrics: GatewayMetrics,
+        *,
+        store: FaqStore | None = None,
+        open_store: StoreOpener | None = None,
+        reindexer: ReindexerFactory | None = None,
+    ):
+        self.settings, self.policy, self.models, self.metrics = settings, policy, models, metrics
+        self.store = store
+        self._open_store = open_store
+        self._reindexer = reindexer
+        self.embedder: WorkerEmbedder | None = None
+        self.indexed_version: str | None = None  # encoder version number the collection holds
+        self.thresholds = Thresholds(policy.faq.answer, policy.faq.suggest, "policy")
+        self.error: str | None = "not prepared yet"
+        gauge = metrics.circuit_state.labels(STORE)
+        self.breaker = CircuitBreaker(
+            settings.breaker_failures, settings.breaker_reset_s, on_change=lambda s: gauge.set(int(s))
+        )
+        self._lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.error is None
+
+    # ── preparation ─────────────────────────────────────────────────────────────────────────────────
+
+    async def prepare(self) -> bool:
+        """Bring the store in line with the encoder the workers serve; True when searches can run."""
+        info = self.models.pool.info.get("faq")
+        version = self.models.versions().get("faq")
+        if info is None or version is None or not info.dim:
+            self.error = "FAQ encoder metadata not known yet (worker unreachable?)"
+            return False
+        if self.ready and version == self.indexed_version:
+            return True
+        async with self._lock:
+            pool = self.models.pool
+            urls = [r.url for r in pool.replicas["faq"]]
+            embedder = WorkerEmbedder(
+                urls,
+                pool.models["faq"],
+                version,
+                info.dim,
+                pool.batch_size("faq"),
+                self.settings.call_timeout_s * 5,
+            )
+            try:
+                await asyncio.to_thread(self._prepare, embedder)
+            except Exception as e:  # noqa: BLE001 - reported, retried at the next refresh
+                embedder.close()
+                self.error = f"knowledge base not ready: {e}"
+                log.error("%s", self.error)
+                self.metrics.faq_store_up.set(0)
+                return False
+            if self.embedder is not None:
+                self.embedder.close()
+            self.embedder, self.indexed_version, self.error = embedder, version, None
+            self.thresholds = self._thresholds(version)
+            log.info(
+                "knowledge base ready: encoder %s, thresholds answer %.3f / suggest %.3f (%s)",
+                embedder.version, self.thresholds.answer, self.thresholds.suggest, self.thresholds.source,
+            )  # fmt: skip
+            return True
+
+    def _prepare(self, embedder: WorkerEmbedder) -> None:
+        if self.store is None:
+            if self._open_store is None:
+                raise FaqUnavailable("no FAQ store configured")
+            self.store = self._open_store(embedder.version, embedder.dim)
+        health = self.store.health()
+        if not health.get("ok"):
+            raise FaqUnavailable(f"store unhealthy: {health.get('error', 'unknown')}")
+        stored = health.get("embedder_version")
+        if self.store.count() == 0 and self.settings.faq_seed_file:
+            entries = read_faq_jsonl(self.settings.faq_seed_file)
+            if self._reindexer is not None and stored not in (None, embedder.version):
+                self._reindexer(embedder)(entries)
+            else:
+                self.store.upsert(entries, embed_entries(embedder, entries, embedder.batch_size))
+            log.info("knowledge base seeded with %d FAQs from %s", len(entries), self.settings.faq_seed_file)
+        elif stored not in (None, embedder.version):
+            if not (self.settings.faq_reindex_on_mismatch and self._reindexer is not None):
+                raise FaqUnavailable(
+                    f"collection embedded by {stored}, the workers serve {embedder.version}: re-index it"
+                )
+            log.warning(
+                "collection embedded by %s, the workers serve %s: re-indexing", stored, embedder.version
+            )
+            report = self._reindexer(embedder)(read_all(self.store))
+            log.info("re-index done: %s", report)
+        self._update_health()
+
+    def _thresholds(self, version: str) -> Thresholds:
+        repo = self.settings.model_repository
+        if repo is not None and version.isdigit():
+            try:
+                calibrated = faq_thresholds.load(Path(repo) / self.models.pool.models["faq"], int(version))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("thresholds.json unreadable (%s): using the policy's thresholds", e)
+                calibrated = None
+            if calibrated is not None:
+                return Thresholds(calibrated.answer, calibrated.suggest, f"calibrated:{calibrated.encoder}")
+        return Thresholds(self.policy.faq.answer, self.policy.faq.suggest, "policy")
+
+    def _update_health(self) -> dict[str, Any]:
+        health = self.store.health() if self.store is not None else {"ok": False}
+        self.metrics.faq_store_up.set(1 if health.get("ok") else 0)
+        if health.get("faqs") is not None:
+            self.metrics.faq_entries.labels("faqs").set(health["faqs"])
+        if health.get("rows") is not None:
+            self.metrics.faq_entries.labels("phrasings").set(health["rows"])
+        return health
+
+    async def refresh(self) -> None:
+        """Periodic: prepare again when not ready or the encoder version moved; otherwise a health check."""
+        version = self.models.versions().get("faq")
+        if not self.ready or version != self.indexed_version:
+            await self.prepare()
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._update_health), self.settings.store_timeout_s)
+        except Exception as e:  # noqa: BLE001
+            log.warning("FAQ store health check failed: %s", e)
+            self.metrics.faq_store_up.set(0)
+
+    # ── search ──────────────────────────────────────────────────────────────────────────────────────
+
+    async def embed(
+        self, texts: list[str], session_id: str | None, timings: Timings
+    ) -> tuple[str, np.ndarray]:
+        """Query vectors from the encoder. Raises `UpstreamError` or `FaqUnavailable`."""
+        if not self.ready:
+            raise FaqUnavailable(self.error or "not ready")
+        with timings.measure("faq_embed"):
+            answer = await self.models.predict("faq", texts, session_id)
+        if answer.version != self.indexed_version:
+            self.models.schedule_refresh()
+            raise FaqUnavailable(
+                f"the encoder answered with version {answer.version}, the collection holds {self.indexed_version}"
+            )
+        return answer.version, answer.embeddings
+
+    async def search_vectors(
+        self, texts: Sequence[str], vectors: np.ndarray, top_k: int, timings: Timings, version: str
+    ) -> list[list[FaqHit]]:
+        """One store search per text (concurrently). Raises `FaqUnavailable`."""
+        if self.store is None:
+            raise FaqUnavailable("no store")
+        if not self.breaker.allow():
+            self.metrics.upstream_duration.labels(STORE, "circuit_open").observe(0)
+            raise FaqUnavailable("FAQ store circuit breaker is open")
+        mode = self.settings.faq_search_mode
+        started = time.perf_counter()
+        try:
+            with timings.measure("faq_store"):
+                results = await asyncio.wait_for(
+                    asyncio.gather(
+                        *(
+                            asyncio.to_thread(self.store.search, text, vec, top_k, mode)
+                            for text, vec in zip(texts, vectors, strict=True)
+                        )
+                    ),
+                    self.settings.store_timeout_s,
+                )
+        except (TimeoutError, FaqError, OSError, RuntimeError) as e:
+            outcome = "timeout" if isinstance(e, TimeoutError) else "error"
+            self.breaker.record_failure()
+            self.metrics.upstream_duration.labels(STORE, outcome).observe(time.perf_counter() - started)
+            log.warning("FAQ store search failed: %s", getattr(e, "message", None) or type(e).__name__)
+            raise FaqUnavailable(f"FAQ store search failed ({outcome})") from e
+        elapsed = time.perf_counter() - started
+        self.breaker.record_success()
+        self.metrics.upstream_duration.labels(STORE, "ok").observe(elapsed)
+        model = self.models.pool.models["faq"]
+        for hits in results:
+            self.metrics.faq_search_duration.labels(mode).observe(elapsed / max(1, len(results)))
+            if hits:
+                self.metrics.faq_top_score.labels(mode).observe(hits[0].score)
+                top = min(1.0, max(0.0, faq_score(hits[0])))
+                self.metrics.model_confidence.labels(model, version, "stable").observe(top)
+        return [list(h) for h in results]
+
+    async def search(
+        self, texts: list[str], top_k: int, timings: Timings, session_id: str | None = None
+    ) -> tuple[str, list[list[FaqHit]]]:
+        version, vectors = await self.embed(texts, session_id, timings)
+        return version, await self.search_vectors(texts, vectors, top_k, timings, version)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        if self.embedder is not None:
+            self.embedder.close()
+
+
+def read_all(store: FaqStore, page: int = 1000) -> list:
+    out: list = []
+    while True:
+        entries, total = store.list(len(out), page)
+        out.extend(entries)
+        if not entries or len(out) >= total:
+            return out

@@ -1,0 +1,211 @@
+"""One customer turn: three model calls and a knowledge-base search, concurrently, then the policy's decision.
+
+    result = await orchestrator.chat(session_id, text, timings)         # text already normalised and masked
+    version, preds = await orchestrator.classify("intent", texts, timings)
+    version, hits = await orchestrator.search_faq(texts, top_k, timings)
+
+A turn runs intent, sentiment and (embed → store search) at the same time. Each of the three answers from the
+response cache when it can: entries are per text and per model, keyed by the normalised text and the version
+of the model that computed them (`cache_key`), so a version change never reads an answer of the old version.
+The knowledge-base search itself is never cached (only the query embedding), so an FAQ edited through the
+admin API is served at once.
+
+Degradation (each counted in `kefu_gateway_degraded_total{mode}` and listed in the answer's `degraded`):
+- knowledge base down (encoder or store)  → intent and sentiment still decide: clarify or handoff (`faq_down`);
+- intent model down                        → FAQ-only decision (`intent_down`);
+- sentiment model down                     → no sentiment hand-over (`sentiment_down`);
+- all of them down                         → 503 `upstreams_unavailable` with Retry-After.
+
+The session (recent turns, unresolved count, slots) is read before and saved after the decision; a hand-over
+resets the unresolved count (the conversation has gone to a human).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from services.faq.domain import FaqHit
+from services.gateway.cache import ResponseCache, cache_key
+from services.gateway.errors import ApiError
+from services.gateway.inference import ClassPrediction, ModelClient
+from services.gateway.knowledge import FaqUnavailable, KnowledgeBase
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.policy import Decision, Policy, Signals, Thresholds, decide
+from services.gateway.sessions import Session, SessionStore
+from services.gateway.settings import GatewaySettings
+from services.gateway.timing import Timings
+from services.gateway.upstream import UpstreamError
+
+log = logging.getLogger(__name__)
+
+DOWN_MODES = {"intent": "intent_down", "sentiment": "sentiment_down", "faq": "faq_down"}
+
+
+@dataclass
+class ChatResult:
+    decision: Decision
+    intent: ClassPrediction | None
+    sentiment: ClassPrediction | None
+    negative: float | None
+    hits: list[FaqHit]
+    versions: dict[str, str]
+    degraded: list[str]
+    session: Session
+    cached: list[str] = field(default_factory=list)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        policy: Policy,
+        models: ModelClient,
+        kb: KnowledgeBase | None,
+        sessions: SessionStore,
+        cache: ResponseCache | None,
+        metrics: GatewayMetrics,
+    ):
+        self.settings, self.policy, self.models, self.kb = settings, policy, models, kb
+        self.sessions, self.cache, self.metrics = sessions, cache, metrics
+
+    # ── cache ───────────────────────────────────────────────────────────────────────────────────────
+
+    async def _cached(self, role: str, text: str, version: str | None) -> dict | None:
+        if self.cache is None or version is None:
+            return None
+        try:
+            value = await self.cache.get(cache_key(role, text, {role: version}))
+        except Exception as e:  # noqa: BLE001 - a cache outage costs latency, not answers
+            log.warning("cache get failed: %s", type(e).__name__)
+            value = None
+        self.metrics.cache.labels("hit" if value is not None else "miss").inc()
+        return value
+
+    async def _remember(self, role: str, text: str, version: str, value: dict) -> None:
+        if self.cache is None or not version:
+            return
+        try:
+            await self.cache.set(cache_key(role, text, {role: version}), value)
+        except Exception as e:  # noqa: BLE001
+            log.warning("cache set failed: %s", type(e).__name__)
+
+    # ── one model over a list of texts ──────────────────────────────────────────────────────────────
+
+    async def classify(
+        self, role: str, texts: list[str], timings: Timings, session_id: str | None = None
+    ) -> tuple[str, list[ClassPrediction], bool]:
+        """Predictions for every text (cached ones from the cache); returns (version, predictions, all cached).
+        Raises `UpstreamError`."""
+        version = self.models.versions().get(role)
+        found = [await self._cached(role, t, version) for t in texts]
+        missing = [i for i, v in enumerate(found) if v is None]
+        out: list[ClassPrediction | None] = [
+            None if v is None else ClassPrediction(v["label"], v["confidence"], v["probs"]) for v in found
+        ]
+        if missing:
+            with timings.measure(role):
+                answer = await self.models.predict(role, [texts[i] for i in missing], session_id)
+            version = answer.version
+            for i, pred in zip(missing, answer.predictions or [], strict=True):
+                out[i] = pred
+                await self._remember(role, texts[i], version, asdict(pred))
+        return version or "unknown", [p for p in out if p is not None], not missing
+
+    async def embed(
+        self, texts: list[str], timings: Timings, session_id: str | None
+    ) -> tuple[str, np.ndarray]:
+        """Query vectors (cached per text and encoder version). Raises `UpstreamError` / `FaqUnavailable`."""
+        if self.kb is None:
+            raise FaqUnavailable("the knowledge base is disabled")
+        version = self.kb.indexed_version if self.kb.ready else None
+        found = [await self._cached("faq", t, version) for t in texts]
+        missing = [i for i, v in enumerate(found) if v is None]
+        vectors: list[Any] = [None if v is None else np.asarray(v["embedding"], np.float32) for v in found]
+        if missing:
+            version, fresh = await self.kb.embed([texts[i] for i in missing], session_id, timings)
+            for i, vec in zip(missing, fresh, strict=True):
+                vectors[i] = vec
+                await self._remember("faq", texts[i], version, {"embedding": [float(x) for x in vec]})
+        return str(version), np.stack(vectors)
+
+    async def search_faq(
+        self, texts: list[str], top_k: int, timings: Timings, session_id: str | None = None
+    ) -> tuple[str, list[list[FaqHit]]]:
+        """Raises `UpstreamError` / `FaqUnavailable`."""
+        version, vectors = await self.embed(texts, timings, session_id)
+        return version, await self.kb.search_vectors(texts, vectors, top_k, timings, version)
+
+    # ── one chat turn ───────────────────────────────────────────────────────────────────────────────
+
+    async def chat(self, session_id: str, text: str, timings: Timings) -> ChatResult:
+        session = await self.sessions.get(session_id)
+        top_k = self.settings.faq_top_k
+        calls = {
+            "intent": self.classify("intent", [text], timings, session_id),
+            "sentiment": self.classify("sentiment", [text], timings, session_id),
+            "faq": self.search_faq([text], top_k, timings, session_id),
+        }
+        if not self.settings.faq_enabled or self.kb is None:
+            calls["faq"].close()
+            calls["faq"] = _fail(FaqUnavailable("the knowledge base is disabled"))
+        names = list(calls)
+        results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        answers: dict[str, Any] = {}
+        degraded: list[str] = []
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, (UpstreamError, FaqUnavailable)):
+                degraded.append(DOWN_MODES[name])
+                log.warning("chat turn degraded, %s: %s", name, result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers[name] = result
+        if not answers:
+            raise ApiError(
+                503,
+                "upstreams_unavailable",
+                "the models and the knowledge base are unavailable; retry later",
+                {"Retry-After": str(self.settings.retry_after_s)},
+            )
+        intent = answers["intent"][1][0] if "intent" in answers else None
+        sentiment = answers["sentiment"][1][0] if "sentiment" in answers else None
+        hits = answers["faq"][1][0] if "faq" in answers else None
+        negative = self.negative_score(sentiment)
+        thresholds = (
+            self.kb.thresholds
+            if self.kb is not None
+            else Thresholds(self.policy.faq.answer, self.policy.faq.suggest, "policy")
+        )
+        decision = decide(self.policy, thresholds, Signals(intent, negative, hits, session.unresolved))
+        session.add_turn(intent.label if intent else None, decision.action, text)
+        if decision.action == "handoff":
+            session.unresolved = 0
+        await self.sessions.save(session)
+        self.metrics.actions.labels(decision.action).inc()
+        if decision.handoff_reason:
+            self.metrics.handoffs.labels(decision.handoff_reason).inc()
+        for mode in degraded:
+            self.metrics.degraded.labels(mode).inc()
+        versions = {name: answers[name][0] for name in answers}
+        cached = [name for name in ("intent", "sentiment") if name in answers and answers[name][2]]
+        return ChatResult(
+            decision, intent, sentiment, negative, hits or [], versions, degraded, session, cached
+        )
+
+    def negative_score(self, sentiment: ClassPrediction | None) -> float | None:
+        """P(negative) from the sentiment model's probabilities."""
+        if sentiment is None:
+            return None
+        label = self.settings.negative_label
+        if label in sentiment.probs:
+            return float(sentiment.probs[label])
+        return sentiment.confidence if sentiment.label == label else 1.0 - sentiment.confidence
+
+
+async def _fail(error: Exception):
+    raise error

@@ -1,0 +1,171 @@
+"""The decision policy of `POST /v1/chat`: from the model signals of one turn to one action a support flow can
+act on. Pure logic (no I/O): `decide(policy, thresholds, signals)`. Configured by `defaults/policy.yaml`.
+
+The rules, first match wins:
+1. the intent is one of `intent.handoff` (e.g. 投诉 → complaint, 转人工 → requested_human) with probability at
+   least `intent.handoff_min_confidence`                                    → handoff, reason from the table
+2. P(negative sentiment) >= `sentiment.negative_handoff_at`               → handoff, negative_sentiment
+3. the top FAQ's score >= the answer threshold                             → answer with that FAQ
+4. this turn would be the `session.max_unresolved_turns`-th in a row without an answer
+                                                                           → handoff, unresolved_turns
+5. FAQs scoring >= the suggest threshold                                   → suggest up to `faq.max_suggestions`
+6. otherwise                                                               → clarify (a question specific to the
+   intent when the intent model is at least `intent.clarify_below` sure and the intent has one, else generic)
+
+The FAQ score is the cosine between the query and the best phrasing of the FAQ (the scale the thresholds are
+calibrated on, `services/faq/thresholds.py`); the answer / suggest thresholds come from the encoder version's
+calibration when there is one, else from this file.
+
+Degraded turns use the same rules on what is known: without the intent model rules 1 and the intent-specific
+clarify are skipped (FAQ-only); without sentiment, rule 2; without the knowledge base, rules 3 and 5 (so the
+turn ends in clarify or handoff).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.faq.domain import FaqHit
+from services.gateway.inference import ClassPrediction
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FaqPolicy(_Strict):
+    answer: float = Field(0.8, ge=0, le=1, description="fallback answer threshold (cosine)")
+    suggest: float = Field(0.6, ge=0, le=1, description="fallback suggest threshold (cosine)")
+    max_suggestions: int = Field(3, ge=1, le=10)
+
+
+class IntentPolicy(_Strict):
+    clarify_below: float = Field(0.45, ge=0, le=1)
+    handoff: dict[str, str] = Field(
+        default_factory=lambda: {"投诉": "complaint", "转人工": "requested_human"}
+    )
+    handoff_min_confidence: float = Field(0.5, ge=0, le=1)
+
+
+class SentimentPolicy(_Strict):
+    negative_handoff_at: float = Field(0.9, ge=0, le=1)
+
+
+class SessionPolicy(_Strict):
+    max_unresolved_turns: int = Field(3, ge=1)
+
+
+class Templates(_Strict):
+    answer: str = "{answer}"
+    suggest: str = "您是不是想问以下问题？\n{suggestions}"
+    suggestion_line: str = "{n}. {question}"
+    clarify: str = "抱歉，我没有完全理解您的意思，能再具体描述一下吗？"
+    clarify_by_intent: dict[str, str] = Field(default_factory=dict)
+    handoff: dict[str, str] = Field(default_factory=dict)
+    handoff_default: str = "正在为您转接人工客服，请稍候。"
+
+
+class Policy(_Strict):
+    faq: FaqPolicy = FaqPolicy()
+    intent: IntentPolicy = IntentPolicy()
+    sentiment: SentimentPolicy = SentimentPolicy()
+    session: SessionPolicy = SessionPolicy()
+    templates: Templates = Templates()
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        if self.faq.suggest > self.faq.answer:
+            raise ValueError(
+                f"faq.suggest ({self.faq.suggest}) must not exceed faq.answer ({self.faq.answer})"
+            )
+        t = self.templates
+        sample = {"answer": "A", "question": "Q", "suggestions": "S", "n": 1}
+        checks = {"answer": t.answer, "suggest": t.suggest, "suggestion_line": t.suggestion_line}
+        checks |= {"clarify": t.clarify, "handoff_default": t.handoff_default}
+        checks |= {f"clarify_by_intent.{k}": v for k, v in t.clarify_by_intent.items()}
+        checks |= {f"handoff.{k}": v for k, v in t.handoff.items()}
+        for where, text in checks.items():
+            try:
+                text.format(**sample)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"templates.{where}: bad placeholder {e} (allowed: {sorted(sample)})"
+                ) from None
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """From YAML; a missing file, an unknown key or a broken template raises ValueError naming it."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text("utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"policy file {path}: {e}") from None
+        try:
+            return cls.model_validate(data)
+        except ValueError as e:
+            raise ValueError(f"policy file {path}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    answer: float
+    suggest: float
+    source: str  # "calibrated:<encoder version>" or "policy"
+
+
+@dataclass
+class Signals:
+    """What the models said about one turn; None = that upstream is down (degraded)."""
+
+    intent: ClassPrediction | None
+    negative: float | None  # P(negative sentiment)
+    hits: list[FaqHit] | None
+    unresolved: int = 0  # consecutive turns before this one that did not end in an answer
+
+
+@dataclass
+class Decision:
+    action: str  # answer | suggest | clarify | handoff
+    reply: str
+    handoff_reason: str | None = None
+    hits: list[FaqHit] = field(default_factory=list)  # the answer's FAQ, or the suggestions
+
+
+def faq_score(hit: FaqHit) -> float:
+    """The score thresholds apply to: the cosine when the search used a vector, else the mode's score."""
+    return hit.cosine if hit.cosine is not None else hit.score
+
+
+def decide(policy: Policy, thresholds: Thresholds, s: Signals) -> Decision:
+    t = policy.templates
+    intent = s.intent
+    if intent is not None and intent.confidence >= policy.intent.handoff_min_confidence:
+        reason = policy.intent.handoff.get(intent.label)
+        if reason:
+            return _handoff(policy, reason)
+    if s.negative is not None and s.negative >= policy.sentiment.negative_handoff_at:
+        return _handoff(policy, "negative_sentiment")
+    hits = sorted(s.hits or [], key=faq_score, reverse=True)
+    if hits and faq_score(hits[0]) >= thresholds.answer:
+        top = hits[0]
+        return Decision("answer", t.answer.format(answer=top.answer, question=top.question), hits=[top])
+    if s.unresolved + 1 >= policy.session.max_unresolved_turns:
+        return _handoff(policy, "unresolved_turns")
+    band = [h for h in hits if faq_score(h) >= thresholds.suggest][: policy.faq.max_suggestions]
+    if band:
+        lines = "\n".join(t.suggestion_line.format(n=i, question=h.question) for i, h in enumerate(band, 1))
+        return Decision("suggest", t.suggest.format(suggestions=lines), hits=band)
+    reply = t.clarify
+    if intent is not None and intent.confidence >= policy.intent.clarify_below:
+        reply = t.clarify_by_intent.get(intent.label, t.clarify)
+    return Decision("clarify", reply)
+
+
+def _handoff(policy: Policy, reason: str) -> Decision:
+    t = policy.templates
+    return Decision("handoff", t.handoff.get(reason, t.handoff_default), handoff_reason=reason)

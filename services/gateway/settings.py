@@ -1,0 +1,117 @@
+"""Gateway core settings: one object, every field documented, each overridable by a KEFU_GATEWAY_* variable.
+
+The edge (security, limits, normalisation, sessions, cache and Redis: `services/gateway/edge.py`) reads its own
+`EdgeSettings` from the same prefix; both ignore each other's variables (`extra="ignore"`). The FAQ store is configured by `KEFU_FAQ_*`
+(`services.faq.settings.FaqSettings`), except the encoder version and dimension, which the gateway takes from the
+worker serving the `faq` model.
+
+Complex values are JSON, e.g.
+    KEFU_GATEWAY_WORKERS='{"intent": ["http://10.0.0.5:8001", "http://10.0.0.6:8001"],
+                           "sentiment": ["http://10.0.0.5:8001"], "faq": ["http://10.0.0.7:8001"]}'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULTS = Path(__file__).resolve().parent / "defaults"
+LOCAL_WORKER = "http://127.0.0.1:8001"
+
+
+def _default_workers() -> dict[str, list[str]]:
+    return {"intent": [LOCAL_WORKER], "sentiment": [LOCAL_WORKER], "faq": [LOCAL_WORKER]}
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEFU_GATEWAY_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="bind address of `python -m services.gateway`")
+    port: int = Field(8000, ge=1, le=65535, description="bind port")
+    log_level: str = Field("info", description="log level of the gateway (and uvicorn)")
+
+    # ── upstream workers ──────────────────────────────────────────────────────────────────────────────
+    workers: dict[str, list[str]] = Field(
+        default_factory=_default_workers,
+        description="worker base URLs per model (JSON); several replicas per model spread load and take "
+        "retries; the keys are the gateway's roles intent / sentiment / faq",
+    )
+    intent_model: str = Field("intent", description="name of the intent classifier on its workers")
+    sentiment_model: str = Field("sentiment", description="name of the sentiment classifier on its workers")
+    faq_model: str = Field("faq", description="name of the FAQ sentence encoder on its workers")
+    negative_label: str = Field("negative", description="the sentiment model's label for negative")
+    connect_timeout_s: float = Field(0.5, gt=0, description="TCP connect timeout towards a worker")
+    call_timeout_s: float = Field(2.0, gt=0, description="timeout of one inference call (one replica)")
+    retries: int = Field(
+        1, ge=0, description="extra attempts of an inference call, each on another replica (not after a 4xx)"
+    )
+    max_connections: int = Field(200, ge=1, description="pooled HTTP connections towards all workers")
+    breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="consecutive failures (connect error, timeout, 5xx) that open a replica's breaker",
+    )
+    breaker_reset_s: float = Field(
+        10.0, gt=0, description="seconds an open breaker refuses calls before one half-open trial"
+    )
+    refresh_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="readiness probes of every upstream and refresh of the models' metadata (versions, "
+        "batch limits, labels) this often; a version change takes effect at the next refresh",
+    )
+    default_batch_size: int = Field(
+        32, ge=1, description="texts per inference call while a model's max_batch_size is not known yet"
+    )
+
+    # ── decision policy and FAQ ───────────────────────────────────────────────────────────────────────
+    policy_file: Path = Field(
+        DEFAULTS / "policy.yaml",
+        description="decision policy: thresholds, hand-over intents and reasons, reply templates",
+    )
+    model_repository: Path | None = Field(
+        Path("model_repository"),
+        description="model repository the workers serve, read only for <repo>/<faq model>/thresholds.json "
+        "(answer/suggest thresholds per encoder version); missing = the policy file's thresholds",
+    )
+    faq_enabled: bool = Field(True, description="search the FAQ knowledge base (false = no store at all)")
+    faq_top_k: int = Field(5, ge=1, le=20, description="FAQs fetched per /v1/chat search")
+    faq_search_mode: Literal["hybrid", "dense", "bm25"] = Field(
+        "hybrid", description="knowledge-base search mode of /v1/chat"
+    )
+    faq_seed_file: Path | None = Field(
+        None,
+        description="JSONL knowledge base (faq.jsonl format) loaded when the store is empty; `make run` "
+        "points it at data/faq_kb_demo/faq.jsonl",
+    )
+    faq_reindex_on_mismatch: bool = Field(
+        True,
+        description="when the collection was embedded by another encoder version than the worker serves, "
+        "re-embed it (zero-downtime re-index) at start; false = FAQ search stays off until someone does",
+    )
+    store_timeout_s: float = Field(2.0, gt=0, description="timeout of one knowledge-base search")
+
+    # ── state (sessions, cache sizes, Redis: EdgeSettings in edge.py) ─────────────────────────────────
+    cache_enabled: bool = Field(
+        True,
+        description="cache model answers per normalised text and model version (the edge's cache: "
+        "KEFU_GATEWAY_CACHE_MAX_ENTRIES / _CACHE_TTL_S, Redis when KEFU_GATEWAY_REDIS_URL is set)",
+    )
+
+    # ── degradation ───────────────────────────────────────────────────────────────────────────────────
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 when every upstream is down")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for role in ("intent", "sentiment", "faq"):
+            urls = v.get(role)
+            if not urls:
+                raise ValueError(f"workers: no URL for {role!r} (give at least one replica per model)")
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"workers[{role!r}]: {url!r} is not an http(s) URL")
+        return {role: [u.rstrip("/") for u in urls] for role, urls in v.items()}

@@ -1,0 +1,126 @@
+"""The decision policy: every rule, its order, degraded inputs, and the policy file's validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.faq.domain import FaqHit
+from services.gateway.inference import ClassPrediction
+from services.gateway.policy import Policy, Signals, Thresholds, decide
+from services.gateway.settings import DEFAULTS
+
+POLICY = Policy.load(DEFAULTS / "policy.yaml")
+TH = Thresholds(answer=0.8, suggest=0.6, source="test")
+
+
+def hit(faq_id: str, cosine: float, question: str = "运费怎么算？") -> FaqHit:
+    return FaqHit(
+        faq_id=faq_id, question=question, answer=f"答案{faq_id}", category="物流查询", matched_text=question,
+        matched_standard=True, score=max(0.0, cosine), source="hybrid", cosine=cosine,
+    )  # fmt: skip
+
+
+def intent(label: str, p: float = 0.9) -> ClassPrediction:
+    return ClassPrediction(label, p, {label: p})
+
+
+def test_answer_when_the_top_faq_clears_the_answer_threshold():
+    d = decide(POLICY, TH, Signals(intent("物流查询"), 0.1, [hit("f1", 0.7), hit("f2", 0.85)]))
+    assert d.action == "answer" and d.reply == "答案f2" and [h.faq_id for h in d.hits] == ["f2"]
+
+
+def test_suggest_up_to_three_in_the_band_numbered_in_the_template():
+    hits = [hit(f"f{i}", 0.75 - i * 0.02, f"问题{i}") for i in range(5)] + [hit("low", 0.3)]
+    d = decide(POLICY, TH, Signals(intent("商品咨询"), 0.1, hits))
+    assert d.action == "suggest" and [h.faq_id for h in d.hits] == ["f0", "f1", "f2"]
+    assert "1. 问题0" in d.reply and "3. 问题2" in d.reply and "问题3" not in d.reply
+
+
+@pytest.mark.parametrize("label,reason", [("投诉", "complaint"), ("转人工", "requested_human")])
+def test_handoff_intents_win_even_over_a_perfect_faq(label, reason):
+    d = decide(POLICY, TH, Signals(intent(label), 0.1, [hit("f1", 0.99)]))
+    assert d.action == "handoff" and d.handoff_reason == reason and "人工" in d.reply
+
+
+def test_an_unsure_handoff_intent_does_not_hand_over():
+    d = decide(POLICY, TH, Signals(intent("投诉", 0.3), 0.1, [hit("f1", 0.9)]))
+    assert d.action == "answer"
+
+
+def test_strongly_negative_sentiment_hands_over():
+    d = decide(POLICY, TH, Signals(intent("物流查询"), 0.95, [hit("f1", 0.9)]))
+    assert (d.action, d.handoff_reason) == ("handoff", "negative_sentiment")
+    assert decide(POLICY, TH, Signals(intent("物流查询"), 0.85, [hit("f1", 0.9)])).action == "answer"
+
+
+def test_low_intent_confidence_clarifies_generically():
+    d = decide(POLICY, TH, Signals(intent("其他/闲聊", 0.2), 0.1, [hit("f1", 0.3)]))
+    assert d.action == "clarify" and d.reply == POLICY.templates.clarify
+
+
+def test_a_clear_intent_without_an_answer_asks_the_intents_question():
+    d = decide(POLICY, TH, Signals(intent("物流查询", 0.9), 0.1, []))
+    assert d.action == "clarify" and d.reply == POLICY.templates.clarify_by_intent["物流查询"]
+
+
+def test_n_unresolved_turns_hand_over_unless_this_turn_is_answered():
+    n = POLICY.session.max_unresolved_turns
+    d = decide(POLICY, TH, Signals(intent("商品咨询"), 0.1, [hit("f1", 0.7)], unresolved=n - 1))
+    assert (d.action, d.handoff_reason) == ("handoff", "unresolved_turns")
+    assert (
+        decide(POLICY, TH, Signals(intent("商品咨询"), 0.1, [hit("f1", 0.7)], unresolved=n - 2)).action
+        == "suggest"
+    )
+    assert (
+        decide(POLICY, TH, Signals(intent("商品咨询"), 0.1, [hit("f1", 0.9)], unresolved=n + 5)).action
+        == "answer"
+    )
+
+
+def test_degraded_inputs_faq_only_and_no_faq():
+    # intent down: FAQ-only
+    assert decide(POLICY, TH, Signals(None, None, [hit("f1", 0.9)])).action == "answer"
+    d = decide(POLICY, TH, Signals(None, 0.1, []))
+    assert d.action == "clarify" and d.reply == POLICY.templates.clarify
+    # knowledge base down: clarify or handoff from intent and sentiment
+    assert decide(POLICY, TH, Signals(intent("转人工"), 0.1, None)).action == "handoff"
+    assert decide(POLICY, TH, Signals(intent("退款"), 0.1, None)).action == "clarify"
+
+
+def test_bm25_hits_without_cosine_use_their_score():
+    h = FaqHit(
+        faq_id="f", question="q", answer="a", category="", matched_text="q", matched_standard=True,
+        score=0.9, source="bm25", bm25=12.0,
+    )  # fmt: skip
+    assert decide(POLICY, TH, Signals(None, None, [h])).action == "answer"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "policy.yaml"
+    p.write_text(text, "utf-8")
+    return p
+
+
+def test_policy_file_refuses_unknown_keys_broken_templates_and_inverted_thresholds(tmp_path):
+    with pytest.raises(ValueError, match="extra"):
+        Policy.load(write(tmp_path, "faq:\n  answr: 0.9\n"))
+    with pytest.raises(ValueError, match="templates.clarify.*bad placeholder"):
+        Policy.load(write(tmp_path, "templates:\n  clarify: '请提供{order}'\n"))
+    with pytest.raises(ValueError, match="must not exceed"):
+        Policy.load(write(tmp_path, "faq:\n  answer: 0.5\n  suggest: 0.7\n"))
+    with pytest.raises(ValueError, match="policy file"):
+        Policy.load(tmp_path / "missing.yaml")
+
+
+def test_templates_and_thresholds_are_configuration(tmp_path):
+    p = Policy.load(
+        write(
+            tmp_path, "templates:\n  answer: '您好，{answer}'\nintent:\n  handoff:\n    退款: refund_desk\n"
+        )
+    )
+    assert decide(p, TH, Signals(None, None, [hit("f1", 0.9)])).reply == "您好，答案f1"
+    d = decide(p, TH, Signals(intent("退款"), 0.1, None))
+    assert (d.action, d.handoff_reason, d.reply) == ("handoff", "refund_desk", p.templates.handoff_default)
+    assert decide(p, TH, Signals(intent("投诉"), 0.1, None)).action == "clarify"  # the table was replaced
