@@ -257,7 +257,10 @@ class Edge:
         from services.faq.admin_schemas import Forbidden, Unauthorized
 
         inner = self.require(scope)
-        rate_limited_cls = next((cls for cls, _, code in faq_admin.STATUS if code == "rate_limited"), None)
+        status = getattr(faq_admin, "STATUS", None)
+        if status is None:  # the admin router's error map moved to its HTTP module
+            from services.faq.admin_http import STATUS as status
+        rate_limited_cls = next((cls for cls, _, code in status if code == "rate_limited"), None)
 
         async def admin_principal(
             request: Request,
