@@ -42,6 +42,8 @@ BUILTIN = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped", 
 
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless"}
 _KEYWORDS |= {"offset", "inf", "nan", "start", "end", "atan2"}
+_AGGREGATIONS = {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk"}
+_AGGREGATIONS |= {"topk", "quantile"}
 _GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 _TOKEN = re.compile(
     r"""(?P<str>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)"""
@@ -80,20 +82,21 @@ def promtool() -> str:
 
 def exported_sample_names() -> frozenset[str]:
     """Every sample name the gateway and workers expose, from METRIC_NAMES and their families' types."""
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("", "_bucket", "_sum", "_count")}
     names: set[str] = set()
     for contract, build in ((GATEWAY_METRIC_NAMES, GatewayMetrics), (WORKER_METRIC_NAMES, WorkerMetrics)):
         registry = CollectorRegistry()
         build(registry)
-        families = {}
-        for family in registry.collect():
-            for sample in family.samples:
-                families.setdefault(sample.name, family)
+        exported = {
+            f"{family.name}{suffix}": family.type
+            for family in registry.collect()
+            for suffix in suffixes.get(family.type, ("",))
+        }
         for name in contract:
-            family = families.get(name) or families.get(f"{name}_bucket")
-            if family is None:
-                raise LookupError(f"{name} is in METRIC_NAMES but not registered by {build.__name__}")
+            if name not in exported:
+                raise LookupError(f"{name} is in METRIC_NAMES but {build.__name__} does not export it")
             names.add(name)
-            if family.type == "histogram":
+            if exported[name] == "histogram":
                 names.update(f"{name}{s}" for s in ("_bucket", "_sum", "_count"))
     return frozenset(names)
 
@@ -136,6 +139,8 @@ def metric_names(expr: str) -> set[str]:
             skip_list = True
             continue
         if text.lower() in _KEYWORDS or nxt == "(":
+            continue
+        if text.lower() in _AGGREGATIONS and nxt.lower() in ("by", "without"):
             continue
         names.add(text)
     return names

@@ -265,6 +265,12 @@ def build() -> dict:
     }
 
 
+def recorded_names(path: Path = RULES_FILE) -> list[str]:
+    """The recording rules defined in the rule file at `path` (names dashboards and alerts may use)."""
+    doc = yaml.safe_load(path.read_text("utf-8")) or {}
+    return [r["record"] for g in doc.get("groups", []) for r in g.get("rules", []) if "record" in r]
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 

@@ -13,6 +13,7 @@ Every function returns a PromQL string over the gateway's model metrics (`servic
 | kefu_gateway_model_predictions_total | model, version, role, label |
 | kefu_gateway_model_confidence | model, version, role (histogram, 20 buckets of 0.05) |
 | kefu_gateway_shadow_comparisons_total | model, stable_version, canary_version, agree |
+| kefu_gateway_shadow_confidence_delta | model, stable_version, canary_version (histogram) |
 
 Roles. The gateway labels every model call with the role of the version that answered it:
 
@@ -49,6 +50,7 @@ DURATION = "kefu_gateway_model_duration_seconds"
 PREDICTIONS = "kefu_gateway_model_predictions_total"
 CONFIDENCE = "kefu_gateway_model_confidence"
 SHADOW = "kefu_gateway_shadow_comparisons_total"
+DELTA = "kefu_gateway_shadow_confidence_delta"
 
 OK_OUTCOME = "ok"
 
@@ -127,6 +129,16 @@ def shadow_agreement_rate(model: str, stable: str, canary: str, window: str = "5
     agree = selector(SHADOW, model=model, stable_version=stable, canary_version=canary, agree="true")
     total = selector(SHADOW, model=model, stable_version=stable, canary_version=canary)
     return f"sum(rate({agree}[{w}])) / sum(rate({total}[{w}]))"
+
+
+def shadow_confidence_delta(
+    model: str, stable: str, canary: str, quantile: float = 0.5, window: str = "5m"
+) -> str:
+    """The `quantile` of canary confidence minus stable confidence on shadowed requests (negative: less sure)."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be between 0 and 1, got {quantile}")
+    sel = selector(f"{DELTA}_bucket", model=model, stable_version=stable, canary_version=canary)
+    return f"histogram_quantile({quantile:g}, sum by (le) (rate({sel}[{check_window(window)}])))"
 
 
 def label_distribution(model: str, version: str, window: str = "5m", role: Role = None) -> str:
