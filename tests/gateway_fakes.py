@@ -79,6 +79,7 @@ class FakeWorkers:
         self.replicas = {url.rstrip("/"): Replica() for url in urls}
         self.max_batch_size = max_batch_size
         self.down_models: set[str] = set()  # models every replica answers 503 for (infer and ready)
+        self.override: dict[tuple[str, str], str] = {}  # (model, version) -> intent label it always answers
         self.transport = httpx.MockTransport(self.handle)
 
     def replica(self, url: str) -> Replica:
@@ -151,6 +152,7 @@ class FakeWorkers:
             for t in texts:
                 if model == "intent":
                     label, p = intent_of(t)
+                    label = self.override.get((model, version), label)
                     rows.append(probs(INTENTS, label, p))
                 else:
                     neg = negative_of(t)
