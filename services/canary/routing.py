@@ -95,7 +95,8 @@ class RoutingConfig(BaseModel):
         except yaml.YAMLError as e:
             raise RoutingError(f"{source}: not valid YAML: {e}") from e
         if data is None:
-            data = {}
+            # an empty file is what a reader sees mid-way through a non-atomic write: never "no routing"
+            raise RoutingError(f"{source}: empty routing file (write `models: {{}}` for no routing)")
         if not isinstance(data, dict):
             raise RoutingError(f"{source}: expected a mapping with a 'models' key, got {type(data).__name__}")
         try:

@@ -7,7 +7,8 @@ Every `interval_s` a background thread stats and reads the file (it is a few hun
 SHA-256 differs from the serving table's it parses and validates the new text. A valid file replaces the table
 with a single attribute assignment, so a concurrent `decide` sees either the old or the new table, never a mix,
 and no request waits on a lock. An invalid, half-written or vanished file is logged once per distinct content
-and the previous table keeps serving.
+and the previous table keeps serving. New content is accepted only when a second read `settle_s` later returns
+the same bytes, so a file caught in the middle of a non-atomic write (an editor, `cat >`) is not half-applied.
 
 Reading by path follows symlinks, so the Kubernetes ConfigMap update (a new `..2024_..` folder, then an atomic
 rename of the `..data` symlink) and "write a temp file, rename it over" are both picked up; polling (rather than
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,12 +36,14 @@ class RoutingWatcher:
         self,
         path: Path | str,
         interval_s: float = 1.0,
+        settle_s: float = 0.02,
         on_change: Callable[[RoutingTable], None] | None = None,
     ):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         self.path = Path(path)
         self.interval_s = interval_s
+        self.settle_s = settle_s
         self.on_change = on_change
         text, digest = self._read()
         self._table = RoutingTable.from_yaml(text, str(self.path))
@@ -78,6 +82,14 @@ class RoutingWatcher:
                 return False
             if digest == self._digest or digest == self._rejected_digest:
                 return False
+            if self.settle_s > 0:
+                time.sleep(self.settle_s)
+                try:
+                    again = self._read()
+                except RoutingError:
+                    return False  # gone again: the next poll decides
+                if again[1] != digest:
+                    return False  # still being written: the next poll sees the settled content
             try:
                 table = RoutingTable.from_yaml(text, str(self.path))
             except RoutingError as e:
