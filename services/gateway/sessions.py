@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _ORDER_KEYWORD = re.compile(
-    r"(?:订单|单号|order)\s*(?:号|编号|号码|no\.?|number|id)?\s*[:：#是为]?\s*"
+    r"(?:订单|单号|order)\s*(?:号|编号|号码|no\.?|number|id)?[\s:：#是为]{0,4}"
     r"((?=[A-Za-z-]*\d)[A-Za-z0-9-]{6,32})(?![A-Za-z0-9-])",
     re.I,
 )
