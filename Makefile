@@ -10,13 +10,14 @@ REPO   ?= model_repository
 HOST   ?= 127.0.0.1
 WORKER_PORT ?= 8001
 WORKER_PROCESSES ?= 1
+PROMETHEUS_PORT ?= 9090
 # On AMD CPUs MKL picks slow kernels unless told otherwise (halves training step time here).
 export MKL_DEBUG_CPU_TYPE ?= 5
 export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq pretrain default-data locks clean
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq pretrain default-data locks clean dashboards rules-check observe
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,8 +47,8 @@ test-fast: setup ## unit tests only (no model training)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup ## ruff
-	$(VENV)/bin/ruff check services models export bench tests
-	$(VENV)/bin/ruff format --check services models export bench tests
+	$(VENV)/bin/ruff check services models export bench tests grafana observe
+	$(VENV)/bin/ruff format --check services models export bench tests grafana observe
 
 models: setup ## train, evaluate and export intent / sentiment / faq into $(REPO)/ (about 15-20 min on 2 cores)
 	$(PY) -m models.defaults --repository $(REPO)
@@ -78,6 +79,15 @@ pretrain: setup ## reproduce models/pretrained/ernie-tiny-cs (MLM on every train
 
 default-data: setup ## regenerate the shipped sentiment / FAQ-pair training data from DATA
 	$(PY) -m models.default_data --data $(DATA) --out data
+
+dashboards: setup ## regenerate grafana/dashboards/*.json and the chart's copies (helm/files/dashboards/)
+	$(PY) -m grafana.generate
+
+rules-check: setup ## promtool check + test of the alert rules, runbooks, dashboards' PromQL and metric names
+	$(PY) -m observe.check
+
+observe: setup ## real Prometheus on $(HOST):$(PROMETHEUS_PORT) scraping `make run`'s stack with the chart's rules (Ctrl-C stops it)
+	$(PY) -m observe.prometheus --host $(HOST) --port $(PROMETHEUS_PORT) --worker $(HOST):$(WORKER_PORT)
 
 locks: ## re-resolve requirements/*.lock from pyproject.toml
 	uv pip compile -q pyproject.toml --python-version 3.11 --extra serving -o requirements/serving.lock
