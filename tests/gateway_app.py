@@ -67,13 +67,8 @@ def build(
     tmp_path: Path, store: FaqStore | None = None, **overrides
 ) -> tuple[FastAPI, FakeWorkers, CollectorRegistry]:
     fake = FakeWorkers([A, B])
-    settings = GatewaySettings(
-        workers={"intent": [A, B], "sentiment": [A, B], "faq": [A, B]},
-        model_repository=None,
-        refresh_interval_s=3600,
-        breaker_failures=3,
-        **overrides,
-    )
+    options = {"model_repository": None, "refresh_interval_s": 3600, "breaker_failures": 3, **overrides}
+    settings = GatewaySettings(workers={"intent": [A, B], "sentiment": [A, B], "faq": [A, B]}, **options)
     edge = EdgeSettings(
         api_keys_file=write_keys(tmp_path), max_text_chars=64, max_list_size=8, max_body_bytes=4096
     )

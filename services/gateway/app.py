@@ -349,4 +349,8 @@ def _hit(h) -> FaqHitOut:
 
 def create_app_from_env() -> FastAPI:
     """uvicorn factory for `python -m services.gateway`."""
-    return create_app(GatewaySettings(), EdgeSettings())
+    settings = GatewaySettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return create_app(settings, EdgeSettings())

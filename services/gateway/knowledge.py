@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from services.faq import thresholds as faq_thresholds
@@ -116,6 +117,7 @@ class KnowledgeBase:
         async with self._lock:
             pool = self.models.pool
             urls = [r.url for r in pool.replicas["faq"]]
+            sync_transport = pool.transport if isinstance(pool.transport, httpx.BaseTransport) else None
             embedder = WorkerEmbedder(
                 urls,
                 pool.models["faq"],
@@ -123,6 +125,7 @@ class KnowledgeBase:
                 info.dim,
                 pool.batch_size("faq"),
                 self.settings.call_timeout_s * 5,
+                transport=sync_transport,
             )
             try:
                 await asyncio.to_thread(self._prepare, embedder)

@@ -130,6 +130,7 @@ class WorkerPool:
         clock=time.monotonic,
     ):
         self.settings, self.metrics = settings, metrics
+        self.transport = transport  # tests: a fake; the blocking WorkerEmbedder reuses it when it can
         self.models = {
             "intent": settings.intent_model,
             "sentiment": settings.sentiment_model,

@@ -1,0 +1,66 @@
+"""Run the gateway alone: `python -m services.gateway [--port 8000] [--workers '{"intent": [...], ...}']`.
+
+Every core option is also a KEFU_GATEWAY_* variable (settings.py); the edge's (API keys, limits, Redis) are
+KEFU_GATEWAY_* variables of `EdgeSettings` (edge.py), the FAQ store's KEFU_FAQ_* (services/faq/settings.py).
+One server process: the FAQ store may be an embedded milvus-lite file, which only one process may open (run
+several gateway replicas against `milvus-lite server` or Milvus, with KEFU_GATEWAY_REDIS_URL for shared state).
+`python -m services.gateway.stack` starts the worker, the store and the gateway together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import uvicorn
+
+from services.gateway.edge import EdgeSettings
+from services.gateway.settings import GatewaySettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    fields = GatewaySettings.model_fields
+    p = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__.split("\n\n")[0])
+    for name, field in fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            p.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
+        else:
+            p.add_argument(flag, dest=name, default=None, help=field.description)
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if isinstance(overrides.get("workers"), str):
+        try:
+            overrides["workers"] = json.loads(overrides["workers"])
+        except json.JSONDecodeError as e:
+            p.error(f"--workers: not JSON ({e})")
+    try:
+        settings = GatewaySettings(**overrides)  # validates before the server starts
+        EdgeSettings()  # refuses placeholder secrets in production, before the server starts
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for key, value in overrides.items():  # the server process rebuilds the same settings from the environment
+        text = json.dumps(value) if isinstance(value, dict) else str(value)
+        os.environ[f"KEFU_GATEWAY_{key.upper()}"] = text
+    print(
+        f"gateway: http://{settings.host}:{settings.port}  (workers {json.dumps(settings.workers)})",
+        flush=True,
+    )
+    uvicorn.run(
+        "services.gateway.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The whole local stack on one machine: `python -m services.gateway.stack --repository model_repository`.
+
+1. the inference worker (`python -m services.worker`, port 8001) serving intent, sentiment and faq;
+2. the gateway (`python -m services.gateway`, port 8000) with the FAQ store as an embedded milvus-lite file
+   (`runs/stack/faq.db` by default) that it fills with the demo knowledge base (`data/faq_kb_demo/faq.jsonl`)
+   when the collection is empty, or re-embeds when the collection's encoder version differs from the worker's;
+3. waits for each to be ready (progress every few seconds), then prints the URLs and a ready-to-paste `curl`.
+
+Ctrl-C (SIGINT) or SIGTERM stops the gateway, then the worker, each as a whole process group (the worker's
+server processes and their engine processes included): SIGTERM, then SIGKILL after `--stop-timeout` seconds.
+If either child dies, the other is stopped too and the launcher exits non-zero. Only loopback by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_KB = ROOT / "data" / "faq_kb_demo" / "faq.jsonl"
+DEMO_KEY = "kefu-demo-key-change-me"
+MODELS = ("intent", "sentiment", "faq")
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Child:
+    """One child in its own process group (so its own children stop with it)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path | None):
+        self.name = name
+        self.log = log
+        out = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop()
+        self._out = out
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                print(f"   {self.name} did not stop in {timeout_s:.0f} s: SIGKILL", flush=True)
+        try:  # whatever is left of the group (engine processes of a worker killed mid-way)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        if self._out:
+            self._out.close()
+
+
+def wait_until(name: str, check, child: Child, timeout_s: float, every_s: float = 5.0) -> dict:
+    """Polls `check()` (a dict when ready, else None) with progress output; fails when the child exits."""
+    started = time.monotonic()
+    last = started
+    while True:
+        if not child.alive():
+            hint = f" (see {child.log})" if child.log else ""
+            raise StackError(f"{name} exited with code {child.proc.returncode} before it was ready{hint}")
+        try:
+            result = check()
+        except httpx.HTTPError:
+            result = None
+        if result is not None:
+            print(f">> {name} ready after {time.monotonic() - started:.0f} s", flush=True)
+            return result
+        now = time.monotonic()
+        if now - started > timeout_s:
+            raise StackError(f"{name} not ready after {timeout_s:.0f} s")
+        if now - last >= every_s:
+            print(f"   ... waiting for {name} ({now - started:.0f} s)", flush=True)
+            last = now
+        time.sleep(0.5)
+
+
+def worker_ready(url: str):
+    def check():
+        r = httpx.get(f"{url}/v2/health/ready", timeout=2)
+        return {"ok": True} if r.status_code == 200 else None
+
+    return check
+
+
+def gateway_ready(url: str):
+    def check():
+        r = httpx.get(f"{url}/readyz", timeout=5)
+        body = r.json()
+        return body if body.get("status") == "ready" else None
+
+    return check
+
+
+def curl_example(url: str) -> str:
+    body = json.dumps({"session_id": "demo-1", "text": "下单后多久发货？"}, ensure_ascii=False)
+    return (
+        f"curl -s -X POST {url}/v1/chat -H 'X-API-Key: {DEMO_KEY}' "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.gateway.stack", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository")
+    p.add_argument("--host", default="127.0.0.1", help="bind address of both servers")
+    p.add_argument("--port", type=int, default=8000, help="gateway port")
+    p.add_argument("--worker-port", type=int, default=8001, help="worker port")
+    p.add_argument("--worker-processes", type=int, default=1, help="worker server processes")
+    p.add_argument(
+        "--backend", default=None, help="worker engine (paddle | onnxruntime); default: the worker's"
+    )
+    p.add_argument("--data-dir", type=Path, default=Path("runs/stack"), help="milvus-lite file and logs")
+    p.add_argument("--kb", type=Path, default=DEMO_KB, help="knowledge base loaded into an empty store")
+    p.add_argument(
+        "--ready-timeout", type=float, default=600, help="seconds each server may take to be ready"
+    )
+    p.add_argument("--stop-timeout", type=float, default=15, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--quiet", action="store_true", help="children's output to <data-dir>/*.log, not here")
+    p.add_argument(
+        "--extra-env", action="append", default=[], help="NAME=VALUE for both children (repeatable)"
+    )
+    args = p.parse_args(argv)
+
+    repo = args.repository.resolve()
+    missing = [m for m in MODELS if not (repo / m / "config.yaml").is_file()]
+    if missing:
+        print(f"error: {repo} has no {', '.join(missing)} model (run `make models`)", file=sys.stderr)
+        return 2
+    for port in (args.worker_port, args.port):
+        if not port_free(args.host, port):
+            print(f"error: {args.host}:{port} is already in use (another stack running?)", file=sys.stderr)
+            return 2
+    data = (args.data_dir if args.data_dir.is_absolute() else ROOT / args.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    worker_url = f"http://{args.host}:{args.worker_port}"
+    gateway_url = f"http://{args.host}:{args.port}"
+    env = dict(os.environ)
+    env.update(kv.split("=", 1) for kv in args.extra_env)
+    env.setdefault("KEFU_FAQ_URI", str(data / "faq.db"))
+    gateway_env = {
+        **env,
+        "KEFU_GATEWAY_HOST": args.host,
+        "KEFU_GATEWAY_PORT": str(args.port),
+        "KEFU_GATEWAY_WORKERS": json.dumps({m: [worker_url] for m in MODELS}),
+        "KEFU_GATEWAY_MODEL_REPOSITORY": str(repo),
+        "KEFU_GATEWAY_FAQ_SEED_FILE": str(args.kb.resolve()),
+    }
+    log = (lambda name: data / f"{name}.log") if args.quiet else (lambda name: None)
+    children: list[Child] = []
+    stopping = False
+
+    def stop(signum=None, frame=None):
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        print("\n>> stopping: gateway, then worker", flush=True)
+        for child in reversed(children):
+            child.stop(args.stop_timeout)
+        print(">> stopped", flush=True)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        worker_argv = [
+            sys.executable,
+            "-m",
+            "services.worker",
+            "--repository",
+            str(repo),
+            "--host",
+            args.host,
+        ]
+        worker_argv += ["--port", str(args.worker_port), "--processes", str(args.worker_processes)]
+        if args.backend:
+            worker_argv += ["--backend", args.backend]
+        print(f">> starting the worker on {worker_url} (loads and warms intent, sentiment, faq)", flush=True)
+        children.append(Child("worker", worker_argv, env, log("worker")))
+        wait_until("worker", worker_ready(worker_url), children[-1], args.ready_timeout)
+        print(f">> starting the gateway on {gateway_url} (FAQ store {env['KEFU_FAQ_URI']})", flush=True)
+        children.append(
+            Child("gateway", [sys.executable, "-m", "services.gateway"], gateway_env, log("gateway"))
+        )
+        ready = wait_until("gateway", gateway_ready(gateway_url), children[-1], args.ready_timeout)
+        kb = ready["knowledge_base"]
+        print(
+            f"\n  gateway   {gateway_url}  (API docs {gateway_url}/docs, metrics {gateway_url}/metrics)\n"
+            f"  worker    {worker_url}/v2\n"
+            f"  FAQ store {env['KEFU_FAQ_URI']}  (encoder {kb['encoder']}, thresholds {kb['thresholds']})\n"
+            f"  API key   {DEMO_KEY}  (tenant demo, scopes chat + admin; development only)\n\n"
+            f"try:\n  {curl_example(gateway_url)}\n\nCtrl-C stops everything.",
+            flush=True,
+        )
+        while all(c.alive() for c in children):
+            time.sleep(0.5)
+        dead = next(c for c in children if not c.alive())
+        print(f"error: the {dead.name} exited with code {dead.proc.returncode}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
