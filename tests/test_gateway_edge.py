@@ -338,3 +338,24 @@ async def test_faq_admin_router_behind_the_edge(tmp_path):
         mine = (await c.get("/v1/admin-only")).json()["error"]
         theirs = (await c.get("/admin/faq/faqs")).json()["error"]
         assert set(mine) == set(theirs) and mine["code"] == theirs["code"] == "unauthorized"
+
+
+async def test_faq_admin_router_rate_limited(tmp_path):
+    from services.faq.admin import create_admin_router
+    from services.faq.store import InMemoryFaqStore
+    from services.faq.testing import HashingEmbedder
+
+    edge = make_edge(tmp_path, default_burst=2, default_rate_per_s=0.01)
+    app = make_app(edge)
+    app.include_router(
+        create_admin_router(InMemoryFaqStore(32), HashingEmbedder(dim=32), edge.admin_dependency()),
+        prefix="/admin/faq",
+    )
+    async with client(app) as c:
+        codes = [
+            (await c.get("/admin/faq/faqs", headers={"X-API-Key": ADMIN_KEY})).status_code for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]
+        r = await c.get("/admin/faq/faqs", headers={"X-API-Key": ADMIN_KEY})
+        assert r.status_code == 429 and r.headers["retry-after"] == "100"
+        assert "rate limit" in r.json()["error"]["message"]
