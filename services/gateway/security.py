@@ -134,6 +134,11 @@ class Authenticator:
         if jwt_secret:
             self._jwt_keys["HS256"] = jwt_secret
         if jwt_public_key:
+            if not jwt.algorithms.has_crypto:
+                raise ValueError(
+                    "KEFU_GATEWAY_JWT_PUBLIC_KEY_FILE: RS256 tokens need the `cryptography` package, "
+                    "which is not installed"
+                )
             self._jwt_keys["RS256"] = jwt_public_key
         self._issuer, self._audience = jwt_issuer or None, jwt_audience or None
         self._require = ["exp"] if jwt_require_exp else []
