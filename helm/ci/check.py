@@ -249,12 +249,16 @@ def k8s_files(rendered: Rendered) -> dict[str, str]:
 
 def k8s_drift(expected: dict[str, str]) -> list[str]:
     """Differences between k8s/ and a fresh render (README.md is the only hand-written file there)."""
-    present = {
-        str(p.relative_to(K8S)): p.read_text("utf-8") for p in K8S.rglob("*.yaml") if p.is_file()
-    }
+    present = {str(p.relative_to(K8S)): p.read_text("utf-8") for p in K8S.rglob("*.yaml") if p.is_file()}
     problems = [f"k8s/{f} is missing" for f in sorted(set(expected) - set(present))]
-    problems += [f"k8s/{f} is not rendered from the chart any more" for f in sorted(set(present) - set(expected))]
-    problems += [f"k8s/{f} differs from the chart" for f in sorted(set(expected) & set(present)) if expected[f] != present[f]]
+    problems += [
+        f"k8s/{f} is not rendered from the chart any more" for f in sorted(set(present) - set(expected))
+    ]
+    problems += [
+        f"k8s/{f} differs from the chart"
+        for f in sorted(set(expected) & set(present))
+        if expected[f] != present[f]
+    ]
     return problems
 
 
@@ -321,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         totals["objects"] += len(docs)
         totals["kubernetes_validate"] += native
         totals["crd"] += crds
-        print(f"  {name:16s} {len(docs):3d} objects ({native} kubernetes-validate x{len(KUBE_VERSIONS)}, {crds} CRD)")
+        print(
+            f"  {name:16s} {len(docs):3d} objects ({native} kubernetes-validate x{len(KUBE_VERSIONS)}, {crds} CRD)"
+        )
         if path == PRODUCTION:
             production = rendered
     if production is None:

@@ -30,7 +30,9 @@ def pin(source: Path, view: Path, model: str, version: int) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), "utf-8")
     for entry in src.iterdir():
-        if entry.name == "config.yaml" or (entry.is_dir() and entry.name.isdigit() and entry.name != str(version)):
+        if entry.name == "config.yaml" or (
+            entry.is_dir() and entry.name.isdigit() and entry.name != str(version)
+        ):
             continue
         link = dst / entry.name
         if link.is_symlink() or link.exists():
