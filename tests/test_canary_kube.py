@@ -124,6 +124,9 @@ async def test_start_routes_traffic_and_scales_the_canary(cluster):
     assert list(env_of(plain(k.objects[CANARY]))).count("KEFU_CANARY_VERSION") == 1
     with pytest.raises(RolloutError, match="a rollout of version 2 is under way"):
         await asyncio.to_thread(b.start, "intent", "3", 5)
+    with pytest.raises(RolloutError, match="is serving the rollout intent=2: finish it first"):
+        await asyncio.to_thread(b.start, "sentiment", "5", 5)
+    assert routing(k)["sentiment"].canary is None
 
 
 async def test_promote(cluster):

@@ -126,6 +126,11 @@ class KubernetesBackend(RolloutBackend):
         if self.canary_deployment is None:
             return
         dep = self._read_deployment(self.canary_deployment)
+        busy = (dep.metadata.annotations or {}).get(CANARY_ANNOTATION, "")
+        if busy and busy.split("=", 1)[0] != model and (dep.spec.replicas or 0) > 0:
+            raise RolloutError(
+                f"canary Deployment {self.canary_deployment} is serving the rollout {busy}: finish it first"
+            )
         containers = self._containers_with_env(dep, {CANARY_MODEL_ENV: model, CANARY_VERSION_ENV: version})
         annotation = {CANARY_ANNOTATION: f"{model}={version}"}
         self._patch_deployment(
