@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq pretrain default-data locks clean dashboards rules-check observe
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq pretrain default-data locks clean dashboards rules-check observe chart-check k8s
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,8 +47,8 @@ test-fast: setup ## unit tests only (no model training)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup ## ruff
-	$(VENV)/bin/ruff check services models export bench tests grafana observe
-	$(VENV)/bin/ruff format --check services models export bench tests grafana observe
+	$(VENV)/bin/ruff check services models export bench tests grafana observe helm
+	$(VENV)/bin/ruff format --check services models export bench tests grafana observe helm
 
 models: setup ## train, evaluate and export intent / sentiment / faq into $(REPO)/ (about 15-20 min on 2 cores)
 	$(PY) -m models.defaults --repository $(REPO)
@@ -88,6 +88,19 @@ rules-check: setup ## promtool check + test of the alert rules, runbooks, dashbo
 
 observe: setup ## real Prometheus on $(HOST):$(PROMETHEUS_PORT) scraping `make run`'s stack with the chart's rules (Ctrl-C stops it)
 	$(PY) -m observe.prometheus --host $(HOST) --port $(PROMETHEUS_PORT) --worker $(HOST):$(WORKER_PORT)
+
+CHECKOV_VENV ?= .tools/checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+
+$(CHECKOV): ## checkov conflicts with the dev set: it gets its own pinned venv
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --disable-pip-version-check checkov==3.3.30
+
+chart-check: setup $(CHECKOV) ## helm lint + render every helm/ci scenario + kubernetes-validate + checkov + k8s/ drift
+	$(PY) helm/ci/check.py --checkov $(CHECKOV)
+
+k8s: setup ## re-render k8s/ from the chart with the reference production profile (helm/ci/production.yaml)
+	$(PY) helm/ci/check.py --write-k8s
 
 locks: ## re-resolve requirements/*.lock from pyproject.toml
 	uv pip compile -q pyproject.toml --python-version 3.11 --extra serving -o requirements/serving.lock

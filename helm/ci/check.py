@@ -354,7 +354,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         except CheckError as e:
             problems.append(str(e))
-    print(f"chart checks took {time.monotonic() - started:.1f} s; rendered output in {out}")
+    if args.out:
+        print(f"chart checks took {time.monotonic() - started:.1f} s; rendered output in {out}")
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"chart checks took {time.monotonic() - started:.1f} s")
     for problem in problems:
         print("FAIL", problem, file=sys.stderr)
     return 1 if problems else 0
