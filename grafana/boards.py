@@ -28,11 +28,20 @@ def gateway() -> dict:
     api = 'route=~"/v1/.+"'
     chat = 'route="/v1/chat"'
     req = "kefu_gateway_requests_total"
+    api_errors = promql.ratio(
+        f'sum(rate({req}{{{api}, status=~"5.."}}[{RI}]))', f"sum(rate({req}{{{api}}}[{RI}]))"
+    )
+    route_errors = promql.ratio(
+        f'sum by (route) (rate({req}{{status=~"5.."}}[{RI}]))', f"sum by (route) (rate({req}[{RI}]))"
+    )
+    handoff_ratio = promql.ratio(
+        f"sum(rate(kefu_gateway_handoffs_total[{RI}]))", f"sum(rate(kefu_gateway_actions_total[{RI}]))"
+    )
     items = [
         Panel("Requests/s", [q(f"sum(rate({req}{{{api}}}[{RI}]))", "req/s")], "stat", "reqps", w=6, h=4),
         Panel(
             "Availability (non-5xx, /v1)",
-            [q(f'1 - (sum(rate({req}{{{api}, status=~"5.."}}[{RI}])) / sum(rate({req}{{{api}}}[{RI}])))')],
+            [q(f"1 - {api_errors}")],
             "stat",
             "percentunit",
             f"SLO {rules.AVAILABILITY_SLO:.1%} of /v1 requests answer without a 5xx.",
@@ -57,11 +66,7 @@ def gateway() -> dict:
         ),
         Panel(
             "Hand-over rate",
-            [
-                q(
-                    f"sum(rate(kefu_gateway_handoffs_total[{RI}])) / sum(rate(kefu_gateway_actions_total[{RI}]))"
-                )
-            ],
+            [q(handoff_ratio)],
             "stat",
             "percentunit",
             w=6,
@@ -76,7 +81,7 @@ def gateway() -> dict:
         ),
         Panel(
             "5xx ratio by route",
-            [q(f'sum by (route) (rate({req}{{status=~"5.."}}[{RI}])) / sum by (route) (rate({req}[{RI}]))')],
+            [q(route_errors, "{{route}}")],
             unit="percentunit",
             thresholds=[(1 - rules.AVAILABILITY_SLO, "red")],
         ),
@@ -116,8 +121,10 @@ def gateway() -> dict:
             "Cache hit ratio",
             [
                 q(
-                    f'sum(rate(kefu_gateway_cache_requests_total{{result="hit"}}[{RI}])) '
-                    f"/ sum(rate(kefu_gateway_cache_requests_total[{RI}]))",
+                    promql.ratio(
+                        f'sum(rate(kefu_gateway_cache_requests_total{{result="hit"}}[{RI}]))',
+                        f"sum(rate(kefu_gateway_cache_requests_total[{RI}]))",
+                    ),
                     "hit ratio",
                 )
             ],
@@ -188,14 +195,7 @@ def workers() -> dict:
         ),
         Panel(
             "Failure ratio",
-            [
-                q(
-                    f"sum by (model, version) (rate(kefu_worker_request_failure_total{{{m}}}[{RI}])) / ("
-                    f"sum by (model, version) (rate(kefu_worker_request_success_total{{{m}}}[{RI}])) + "
-                    f"sum by (model, version) (rate(kefu_worker_request_failure_total{{{m}}}[{RI}])))",
-                    mv,
-                )
-            ],
+            [q(rules.worker_error_ratio(RI, m), mv)],
             unit="percentunit",
         ),
         Panel(

@@ -38,7 +38,9 @@ class ObserveSettings(BaseSettings):
     evaluation_interval: str = Field("5s", pattern=_DURATION, description="how often rules are evaluated")
     storage: Path = Field(Path("runs/prometheus"), description="config and TSDB live here (data/ below it)")
     retention: str = Field("2d", pattern=_DURATION, description="how long local samples are kept")
-    rules: Path = Field(RULES_FILE, description="rule file (the chart's; the same recording rules and alerts)")
+    rules: Path = Field(
+        RULES_FILE, description="rule file (the chart's; the same recording rules and alerts)"
+    )
     binary: str = Field("prometheus", description="the Prometheus server executable")
 
     @field_validator("host")

@@ -77,7 +77,9 @@ def slo_group() -> dict:
     for w in SLO_WINDOWS:
         errors = f'sum(rate(kefu_gateway_requests_total{{{API_ROUTES}, status=~"5.."}}[{w}]))'
         total = f"sum(rate(kefu_gateway_requests_total{{{API_ROUTES}}}[{w}]))"
-        rules.append({"record": f"kefu:slo_availability_errors:ratio_rate{w}", "expr": f"{errors} / {total}"})
+        rules.append(
+            {"record": f"kefu:slo_availability_errors:ratio_rate{w}", "expr": promql.ratio(errors, total)}
+        )
     for w in SLO_WINDOWS:
         fast = f'sum(rate(kefu_gateway_request_duration_seconds_bucket{{{CHAT_ROUTE}, le="{LATENCY_THRESHOLD}"}}[{w}]))'
         total = f"sum(rate(kefu_gateway_request_duration_seconds_count{{{CHAT_ROUTE}}}[{w}]))"
@@ -123,6 +125,15 @@ def slo_alert_group() -> dict:
     return {"name": "kefu-slo.alerts", "rules": rules}
 
 
+def worker_error_ratio(window: str, matchers: str = "") -> str:
+    """Failed / all worker requests per model and version; a counter with no series yet counts as 0."""
+    sel = f"{{{matchers}}}" if matchers else ""
+    ok = f"sum by (model, version) (rate(kefu_worker_request_success_total{sel}[{window}]))"
+    failed = f"sum by (model, version) (rate(kefu_worker_request_failure_total{sel}[{window}]))"
+    ok0, failed0 = f"({ok} or {failed} * 0)", f"({failed} or {ok} * 0)"
+    return f"{failed0}\n/\n({ok0} + {failed0})"
+
+
 def worker_group() -> dict:
     queue_p99 = "model_version:kefu_worker_queue_seconds:p99_rate5m"
     return {
@@ -139,9 +150,7 @@ def worker_group() -> dict:
             },
             {
                 "record": "model_version:kefu_worker_request_errors:ratio_rate5m",
-                "expr": "sum by (model, version) (rate(kefu_worker_request_failure_total[5m]))\n/\n"
-                "(sum by (model, version) (rate(kefu_worker_request_success_total[5m]))\n"
-                " + sum by (model, version) (rate(kefu_worker_request_failure_total[5m])))",
+                "expr": worker_error_ratio("5m"),
             },
             alert(
                 "KefuWorkerQueueSaturated",
@@ -189,7 +198,10 @@ def handoff_group() -> dict:
         rules.append(
             {
                 "record": f"kefu:handoff:ratio_rate{w}",
-                "expr": f"sum(rate(kefu_gateway_handoffs_total[{w}])) / sum(rate(kefu_gateway_actions_total[{w}]))",
+                "expr": promql.ratio(
+                    f"sum(rate(kefu_gateway_handoffs_total[{w}]))",
+                    f"sum(rate(kefu_gateway_actions_total[{w}]))",
+                ),
             }
         )
     rules.append(

@@ -29,8 +29,9 @@ Values: `model`, `version` and label values are quoted as PromQL strings (escape
 `"$model"` pass through unchanged. `window` is a Prometheus duration (`5m`, `1h30m`) or `$__rate_interval` /
 `$__range` for dashboards; anything else raises `ValueError`.
 
-No traffic in the window gives an empty result (or NaN for a ratio with a zero denominator): callers must treat
-"no data" as "not enough evidence", never as a pass.
+Ratios count a label value that never occurred (no errors yet) as 0 (`ratio()`); no traffic in the window
+gives an empty result (or NaN where the denominator is 0): callers must treat "no data" as "not enough
+evidence", never as a pass.
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ def selector(metric: str, *matchers: str, **labels: str | None) -> str:
     return f"{metric}{{{', '.join(parts)}}}" if parts else metric
 
 
+def ratio(numerator: str, denominator: str) -> str:
+    """`numerator / denominator` where a missing numerator counts as 0 while the denominator has data.
+
+    A counter with a label value that never occurred (no errors yet, no "agree" yet) has no series at all, so a
+    plain division gives no result instead of 0; `or <denominator> * 0` fills those groups with zeros. No
+    traffic at all still gives no result.
+    """
+    return f"({numerator} or {denominator} * 0) / {denominator}"
+
+
 def request_rate(model: str, version: str, window: str = "5m", role: Role = None) -> str:
     """Model calls per second answered by `version` of `model` (all outcomes)."""
     sel = selector(REQUESTS, role_matcher(role), model=model, version=version)
@@ -107,7 +118,7 @@ def error_rate(model: str, version: str, window: str = "5m", role: Role = None) 
     rm = role_matcher(role)
     errors = selector(REQUESTS, rm, f"outcome!={quote(OK_OUTCOME)}", model=model, version=version)
     total = selector(REQUESTS, rm, model=model, version=version)
-    return f"sum(rate({errors}[{w}])) / sum(rate({total}[{w}]))"
+    return ratio(f"sum(rate({errors}[{w}]))", f"sum(rate({total}[{w}]))")
 
 
 def latency_quantile(model: str, version: str, quantile: float, window: str = "5m", role: Role = None) -> str:
@@ -128,7 +139,7 @@ def shadow_agreement_rate(model: str, stable: str, canary: str, window: str = "5
     w = check_window(window)
     agree = selector(SHADOW, model=model, stable_version=stable, canary_version=canary, agree="true")
     total = selector(SHADOW, model=model, stable_version=stable, canary_version=canary)
-    return f"sum(rate({agree}[{w}])) / sum(rate({total}[{w}]))"
+    return ratio(f"sum(rate({agree}[{w}]))", f"sum(rate({total}[{w}]))")
 
 
 def shadow_confidence_delta(
@@ -169,7 +180,7 @@ def error_rate_by_model(role: Role, window: str = "5m", by: Sequence[str] = ("mo
     w = check_window(window)
     rm = role_matcher(role)
     errors = selector(REQUESTS, rm, f"outcome!={quote(OK_OUTCOME)}")
-    return f"{_by(by)} (rate({errors}[{w}])) / {_by(by)} (rate({selector(REQUESTS, rm)}[{w}]))"
+    return ratio(f"{_by(by)} (rate({errors}[{w}]))", f"{_by(by)} (rate({selector(REQUESTS, rm)}[{w}]))")
 
 
 def p99_latency_by_model(role: Role, window: str = "5m", by: Sequence[str] = ("model",)) -> str:
@@ -188,4 +199,4 @@ def shadow_agreement_by_model(window: str = "5m") -> str:
     w = check_window(window)
     by = _by(("model", "stable_version", "canary_version"))
     agree = selector(SHADOW, agree="true")
-    return f"{by} (rate({agree}[{w}])) / {by} (rate({SHADOW}[{w}]))"
+    return ratio(f"{by} (rate({agree}[{w}]))", f"{by} (rate({SHADOW}[{w}]))")
