@@ -32,8 +32,12 @@ $(VENV)/.installed: pyproject.toml requirements/dev.lock
 	$(VENV)/bin/uv pip install -p $(PY) -q --no-deps -e .
 	@touch $@
 
+SHIPPED ?= models/shipped
 $(REPO)/.built: | $(VENV)/.installed
-	$(MAKE) models
+	@if [ -d $(SHIPPED)/intent ]; then \
+	    echo ">> $(REPO)/ has no models: copying the committed defaults from $(SHIPPED)/ ('make models' retrains them)"; \
+	    mkdir -p $(REPO) && cp -R $(SHIPPED)/intent $(SHIPPED)/sentiment $(SHIPPED)/faq $(REPO)/ && touch $@; \
+	else $(MAKE) models; fi
 
 run: setup $(REPO)/.built ## set up, build the default models if missing, and run the service (Ctrl-C stops it)
 	@$(PY) -m services.runtime.status --repository $(REPO)

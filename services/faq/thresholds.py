@@ -49,6 +49,12 @@ class Thresholds:
     calibrated_at: str
 
 
+def _shown(path) -> str:
+    """`path` relative to the working directory when inside it: recorded files do not name the machine."""
+    p = Path(path).resolve()
+    return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(path)
+
+
 def lowest_threshold(scores: np.ndarray, good: np.ndarray, target: float) -> float:
     """Smallest t such that mean(good[scores >= t]) >= target; 1.0 (never) when no t reaches it."""
     order = np.argsort(-scores)
@@ -100,7 +106,7 @@ def calibrate(
         queries=len(rows),
         unanswerable=int((~answerable).sum()),
         encoder=embedder.version,
-        calibrated_on=f"{kb_path} + {queries_path}",
+        calibrated_on=f"{_shown(kb_path)} + {_shown(queries_path)}",
         calibrated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
 
