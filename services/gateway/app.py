@@ -178,6 +178,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await pool.start()
         await pool.refresh()
         if kb is not None:
             await kb.prepare()

@@ -87,6 +87,7 @@ class KnowledgeBase:
     ):
         self.settings, self.policy, self.models, self.metrics = settings, policy, models, metrics
         self.store = store
+        self._owns_store = store is None  # an injected store belongs to the caller: never closed here
         self._open_store = open_store
         self._reindexer = reindexer
         self.embedder: WorkerEmbedder | None = None
@@ -270,10 +271,14 @@ class KnowledgeBase:
         return version, await self.search_vectors(texts, vectors, top_k, timings, version)
 
     def close(self) -> None:
-        if self.store is not None:
+        """Release the store this object opened and the encoder client; `prepare()` starts afresh."""
+        if self.store is not None and self._owns_store:
             self.store.close()
+            self.store = None
         if self.embedder is not None:
             self.embedder.close()
+            self.embedder = None
+        self.indexed_version, self.error = None, "not prepared yet"
 
 
 def read_all(store: FaqStore, page: int = 1000) -> list:

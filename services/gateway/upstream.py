@@ -136,13 +136,7 @@ class WorkerPool:
             "sentiment": settings.sentiment_model,
             "faq": settings.faq_model,
         }
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.call_timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
-            ),
-            transport=transport,
-        )
+        self.client = self._new_client()
         self.replicas: dict[str, list[Replica]] = {}
         for role in ROLES:
             name = UPSTREAM_NAMES[role]
@@ -150,6 +144,21 @@ class WorkerPool:
         self.info: dict[str, ModelInfo] = {}
         self._turn = {role: itertools.count() for role in ROLES}
         self._refresh_lock = asyncio.Lock()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        s = self.settings
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(s.call_timeout_s, connect=s.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=s.max_connections, max_keepalive_connections=s.max_connections
+            ),
+            transport=self.transport,
+        )
+
+    async def start(self) -> None:
+        """(Re)open the connection pool: an app whose lifespan ran before starts again (tests do that)."""
+        if self.client.is_closed:
+            self.client = self._new_client()
 
     def _replica(self, name: str, url: str, clock) -> Replica:
         label = f"{name}@{_host(url)}"
