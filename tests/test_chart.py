@@ -172,6 +172,14 @@ def test_every_values_key_is_in_the_schema_and_has_a_comment():
         )
 
 
+def test_readme_values_table_is_current():
+    readme = (CHART / "README.md").read_text("utf-8")
+    table = readme.split("<!-- values-table: generated -->\n")[1].split("<!-- /values-table -->")[0]
+    assert table == check.values_table(), (
+        "run: python helm/ci/check.py --values-table, paste into helm/README.md"
+    )
+
+
 # ── behaviour of the templates ───────────────────────────────────────────────────────────────────────────
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -298,12 +299,45 @@ def run_checkov(binary: str, directory: Path) -> dict:
     return report["summary"]
 
 
+def values_table() -> str:
+    """The README's values table, from values.yaml's `##` comments (workers.sentiment/faq repeat intent)."""
+    lines = (CHART / "values.yaml").read_text("utf-8").splitlines()
+    defaults = yaml.safe_load("\n".join(lines))
+    rows, stack, comment = [], [], []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("##"):
+            comment.append(stripped.lstrip("#").strip())
+            continue
+        m = re.match(r"^(\s*)([A-Za-z0-9_.\-/]+):", line)
+        if not m:
+            comment = []
+            continue
+        depth = len(m.group(1)) // 2
+        stack[depth:] = [m.group(2)]
+        path = ".".join(stack)
+        if not path.startswith(("workers.sentiment", "workers.faq")):
+            value = defaults
+            for key in stack:
+                value = value[key]
+            inline = line.split(":", 1)[1].strip()
+            shown = f"`{json.dumps(value, ensure_ascii=False)}`" if inline else ""
+            meaning = " ".join(comment).replace("|", "\\|")
+            rows.append(f"| `{path}` | {shown} | {meaning} |")
+        comment = []
+    return "| key | default | meaning |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="helm/ci/check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkov", metavar="BIN", help="run this checkov binary on the rendered output")
     p.add_argument("--write-k8s", action="store_true", help="re-render k8s/ from helm/ci/production.yaml")
+    p.add_argument("--values-table", action="store_true", help="print the README's values table and exit")
     p.add_argument("--out", type=Path, help="keep the rendered scenarios here (default: a temporary folder)")
     args = p.parse_args(argv)
+    if args.values_table:
+        print(values_table(), end="")
+        return 0
     started = time.monotonic()
     out = args.out or Path(tempfile.mkdtemp(prefix="kefu-chart-"))
     problems: list[str] = []
