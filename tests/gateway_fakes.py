@@ -4,7 +4,7 @@ Inference Protocol (V2) for the intent, sentiment and faq models, with switchabl
 Predictions are rules on the text, so every policy path can be reached on purpose:
 - intent: 投诉 → 投诉 0.92; 人工 → 转人工 0.95; 快递 / 物流 / 发货 → 物流查询 0.88; 退款 → 退款 0.9;
   "嗯嗯" → 其他/闲聊 0.2 (low confidence); anything else → 商品咨询 0.7
-- sentiment: 垃圾 / 气死 / 太差 → negative 0.97; otherwise positive 0.85
+- sentiment: 垃圾 / 气死 / 太差 → negative 0.99; otherwise positive 0.85
 - faq: `HashingEmbedder(dim=32)` (character n-grams), so a query equal to an FAQ question has cosine 1.0
 """
 
@@ -52,7 +52,7 @@ def intent_of(text: str) -> tuple[str, float]:
 
 
 def negative_of(text: str) -> float:
-    return 0.97 if any(w in text for w in ("垃圾", "气死", "太差")) else 0.15
+    return 0.99 if any(w in text for w in ("垃圾", "气死", "太差")) else 0.15
 
 
 def probs(labels: list[str], top: str, p: float) -> list[float]:

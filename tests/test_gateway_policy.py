@@ -50,9 +50,10 @@ def test_an_unsure_handoff_intent_does_not_hand_over():
 
 
 def test_strongly_negative_sentiment_hands_over():
-    d = decide(POLICY, TH, Signals(intent("物流查询"), 0.95, [hit("f1", 0.9)]))
+    at = POLICY.sentiment.negative_handoff_at
+    d = decide(POLICY, TH, Signals(intent("物流查询"), at, [hit("f1", 0.9)]))
     assert (d.action, d.handoff_reason) == ("handoff", "negative_sentiment")
-    assert decide(POLICY, TH, Signals(intent("物流查询"), 0.85, [hit("f1", 0.9)])).action == "answer"
+    assert decide(POLICY, TH, Signals(intent("物流查询"), at - 0.01, [hit("f1", 0.9)])).action == "answer"
 
 
 def test_low_intent_confidence_clarifies_generically():

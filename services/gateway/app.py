@@ -354,4 +354,5 @@ def create_app_from_env() -> FastAPI:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream probe otherwise
     return create_app(settings, EdgeSettings())

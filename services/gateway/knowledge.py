@@ -172,7 +172,12 @@ class KnowledgeBase:
             )
             report = self._reindexer(embedder)(read_all(self.store))
             log.info("re-index done: %s", report)
-        self._update_health()
+        health = self._update_health()
+        if health.get("faqs"):  # warm-up: the first search loads the keyword analyser (~0.5 s on milvus-lite)
+            try:
+                self.store.search("你好", embedder.embed(["你好"])[0], 1, self.settings.faq_search_mode)
+            except Exception as e:  # noqa: BLE001 - searches report their own failures
+                log.warning("FAQ store warm-up search failed: %s", getattr(e, "message", None) or e)
 
     def _thresholds(self, version: str) -> Thresholds:
         repo = self.settings.model_repository

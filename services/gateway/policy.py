@@ -52,7 +52,7 @@ class IntentPolicy(_Strict):
 
 
 class SentimentPolicy(_Strict):
-    negative_handoff_at: float = Field(0.9, ge=0, le=1)
+    negative_handoff_at: float = Field(0.98, ge=0, le=1)
 
 
 class SessionPolicy(_Strict):
