@@ -9,6 +9,7 @@ DATA   ?= ../shared/data
 REPO   ?= model_repository
 HOST   ?= 127.0.0.1
 WORKER_PORT ?= 8001
+GATEWAY_PORT ?= 8000
 WORKER_PROCESSES ?= 1
 PROMETHEUS_PORT ?= 9090
 # On AMD CPUs MKL picks slow kernels unless told otherwise (halves training step time here).
@@ -17,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq pretrain default-data locks clean dashboards rules-check observe chart-check k8s
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,10 +40,9 @@ $(REPO)/.built: | $(VENV)/.installed
 	    mkdir -p $(REPO) && cp -R $(SHIPPED)/intent $(SHIPPED)/sentiment $(SHIPPED)/faq $(REPO)/ && touch $@; \
 	else $(MAKE) models; fi
 
-run: setup $(REPO)/.built ## set up, build the default models if missing, and run the service (Ctrl-C stops it)
+run: setup $(REPO)/.built ## set up, build the default models if missing, run worker + FAQ store (demo KB) + gateway on $(HOST):$(GATEWAY_PORT) (Ctrl-C stops all)
 	@$(PY) -m services.runtime.status --repository $(REPO)
-	@echo ">> try: curl -s -XPOST http://$(HOST):$(WORKER_PORT)/v2/models/intent/infer -d '{\"inputs\":[{\"name\":\"text\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"我的快递到哪了\"]}]}'"
-	$(PY) -m services.worker --repository $(REPO) --host $(HOST) --port $(WORKER_PORT) --processes $(WORKER_PROCESSES)
+	$(PY) -m services.gateway.stack --repository $(REPO) --host $(HOST) --port $(GATEWAY_PORT) --worker-port $(WORKER_PORT) --worker-processes $(WORKER_PROCESSES)
 
 test: setup ## run the test suite
 	$(PY) -m pytest -q
@@ -67,7 +67,7 @@ eval-faq: setup ## dense vs BM25 vs hybrid FAQ retrieval through milvus-lite: ma
 faq-thresholds: setup ## re-calibrate answer/suggest thresholds of the serving FAQ encoder on the demo KB queries
 	$(PY) -m services.faq.thresholds --model $(REPO)/faq --write
 
-bench: bench-runner bench-worker bench-faq ## every benchmark below
+bench: bench-runner bench-worker bench-faq bench-gateway ## every benchmark below
 
 bench-runner: setup $(REPO)/.built ## engine only: Paddle Inference oneDNN vs plain CPU, batch 1/8/32
 	$(PY) -m bench.runner_bench --repository $(REPO)
@@ -77,6 +77,9 @@ bench-worker: setup $(REPO)/.built ## naive one-at-a-time server vs batching wor
 
 bench-faq: setup ## FAQ search p50/p99/qps at 1k/10k/100k entries: milvus-lite vs a real Milvus 2.3.5 on loopback
 	$(PY) -m bench.faq_bench
+
+bench-gateway: setup $(REPO)/.built ## /v1/chat closed loop at concurrency 8/32/64 on the local stack (URL=... for a running one)
+	$(PY) -m bench.gateway_bench --repository $(REPO) $(if $(URL),--url $(URL))
 
 pretrain: setup ## reproduce models/pretrained/ernie-tiny-cs (MLM on every train split under DATA; ~30 min)
 	$(PY) -m models.pretrain --data $(DATA) --out models/pretrained/ernie-tiny-cs --steps 5000
