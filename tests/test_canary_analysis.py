@@ -136,7 +136,7 @@ def test_latency_gate_fail():
 
 
 def test_confidence_shift_gate_fail():
-    analysis, _ = analyze(scenario(conf_canary=confidence_counts(0.45, 300, seed=5)))
+    analysis, _ = analyze(scenario(conf_canary=confidence_counts(0.45, 600, seed=5)))
     g = by_name(analysis)["confidence_shift"]
     assert g.status == Status.FAIL and g.observed["psi"] > 1
     assert "confidence distribution shifted: PSI" in g.message and "mean confidence 0.4" in g.message

@@ -66,8 +66,8 @@ def scenario(
     canary: str = "2",
     window: str = "60s",
     *,
-    n_stable: int = 600,
-    n_canary: int = 300,
+    n_stable: int = 1000,
+    n_canary: int = 600,
     err_stable: float = 0.01,
     err_canary: float = 0.012,
     p99_stable: float = 0.050,
@@ -117,7 +117,7 @@ def scenario(
 
 def broken_scenario(**kw) -> dict[str, list[dict]]:
     """A canary exported with permuted labels: answers fast and confidently, but the wrong label."""
-    n_canary = kw.pop("n_canary", 300)
+    n_canary = kw.pop("n_canary", 600)
     permuted = dict(zip(LABELS, (0.05, 0.1, 0.45, 0.1, 0.3), strict=True))
     return scenario(
         n_canary=n_canary, agreement=0.08, labels_canary={k: v * n_canary for k, v in permuted.items()}, **kw

@@ -74,7 +74,9 @@ class ConfidenceShiftGate(_Strict):
     """PSI between the canary's and stable's top-label confidence histograms."""
 
     max_psi: float = Field(0.25, gt=0, description="highest passing PSI (0.1 small, 0.25 large shift)")
-    min_samples: int = Field(200, ge=1, description="answers each version needs in the window")
+    min_samples: int = Field(
+        500, ge=1, description="answers each version needs (20 bins: PSI noise is ~19 x (1/n1 + 1/n2))"
+    )
 
 
 class LabelShiftGate(_Strict):
