@@ -238,3 +238,16 @@ def dashboard(
         },
         "version": 1,
     }
+
+
+RI = "$__rate_interval"
+
+
+def quantiles(metric: str, by: str, matchers: str = "", qs=(0.5, 0.95, 0.99)) -> list[Query]:
+    """p50/p95/p99 of a histogram per `by` label(s)."""
+    sel = f"{metric}_bucket{{{matchers}}}" if matchers else f"{metric}_bucket"
+    legend = " ".join(f"{{{{{b.strip()}}}}}" for b in by.split(","))
+    return [
+        q(f"histogram_quantile({x}, sum by ({by}, le) (rate({sel}[{RI}])))", f"p{round(x * 100)} {legend}")
+        for x in qs
+    ]
