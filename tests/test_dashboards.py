@@ -14,7 +14,7 @@ from grafana import check, generate
 from grafana.boards import DASHBOARDS
 from observe.promql_check import EXTERNAL, exported_sample_names, metric_names
 
-pytestmark = pytest.mark.skipif(
+needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)"
 )
 
@@ -38,6 +38,7 @@ def test_regenerating_gives_identical_files_and_chart_copies():
     )
 
 
+@needs_promtool
 def test_every_query_parses_and_uses_exported_names(boards):
     assert check.check_dashboards(boards) == []
     exprs = {k: v for name, b in boards.items() for k, v in check.expressions(b, name).items()}
@@ -81,6 +82,7 @@ def problems(boards: dict) -> list[str]:
     return [str(p) for p in check.check_dashboards(boards)]
 
 
+@needs_promtool
 def test_bad_syntax_fails_naming_the_panel(boards):
     got = problems(broken(boards, "Actions/s", lambda e: e.replace("))", ")", 1)))
     assert len(got) == 1, got
@@ -88,6 +90,7 @@ def test_bad_syntax_fails_naming_the_panel(boards):
     assert "parse error" in got[0]
 
 
+@needs_promtool
 def test_unknown_metric_fails_naming_it(boards):
     got = problems(
         broken(
@@ -102,6 +105,7 @@ def test_unknown_metric_fails_naming_it(boards):
     ]
 
 
+@needs_promtool
 def test_gauge_read_as_histogram_and_stray_variable_fail(boards):
     got = problems(
         broken(
@@ -114,6 +118,7 @@ def test_gauge_read_as_histogram_and_stray_variable_fail(boards):
     assert len(got) == 1 and "does not parse" in got[0]
 
 
+@needs_promtool
 def test_bad_variable_query_fails(boards):
     board = copy.deepcopy(boards["workers.json"])
     var = next(v for v in board["templating"]["list"] if v["name"] == "model")
@@ -125,6 +130,7 @@ def test_bad_variable_query_fails(boards):
     ]
 
 
+@needs_promtool
 def test_check_cli_on_a_broken_file(boards, tmp_path, capsys):
     board = broken(boards, "Actions/s", lambda e: e + " +")["gateway.json"]
     path = tmp_path / "gateway.json"
