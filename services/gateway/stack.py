@@ -220,11 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         ready = wait_until("gateway", gateway_ready(gateway_url), children[-1], args.ready_timeout)
         kb = ready["knowledge_base"]
+        keys_file = env.get("KEFU_GATEWAY_API_KEYS_FILE")
+        key_line = (
+            f"API keys  {keys_file}"
+            if keys_file
+            else f"API key   {DEMO_KEY}  (tenant demo, scopes chat + admin; development only)"
+        )
         print(
             f"\n  gateway   {gateway_url}  (API docs {gateway_url}/docs, metrics {gateway_url}/metrics)\n"
             f"  worker    {worker_url}/v2\n"
             f"  FAQ store {env['KEFU_FAQ_URI']}  (encoder {kb['encoder']}, thresholds {kb['thresholds']})\n"
-            f"  API key   {DEMO_KEY}  (tenant demo, scopes chat + admin; development only)\n\n"
+            f"  {key_line}\n\n"
             f"try:\n  {curl_example(gateway_url)}\n\nCtrl-C stops everything.",
             flush=True,
         )

@@ -1,0 +1,163 @@
+"""Integration: the real stack — inference worker, embedded milvus-lite FAQ store, gateway — as separate
+processes on loopback, started by `python -m services.gateway.stack` (what `make run` runs) and stopped by
+SIGINT (Ctrl-C) without leaving a process behind.
+
+Uses the committed default models (`models/shipped/`) when present, else `model_repository/` when it holds
+intent, sentiment and faq; skips with the reason otherwise. Assertions are about the plumbing, not model
+quality (the demo knowledge base's own questions are the only answers relied on)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = {"X-API-Key": "kefu-demo-key-change-me"}
+pytestmark = pytest.mark.slow
+
+
+def repository() -> Path:
+    for candidate in (ROOT / "models" / "shipped", ROOT / "model_repository"):
+        if all((candidate / m / "config.yaml").is_file() for m in ("intent", "sentiment", "faq")):
+            return candidate
+    pytest.skip("no model repository with intent, sentiment and faq (models/shipped/ or model_repository/)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    repo = repository()
+    data = tmp_path_factory.mktemp("stack")
+    port, worker_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "services.gateway.stack", "--repository", str(repo), "--port", str(port)]
+    argv += ["--worker-port", str(worker_port), "--data-dir", str(data), "--quiet", "--ready-timeout", "400"]
+    out = open(data / "stack.out", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 450
+    ready = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            body = httpx.get(url + "/readyz", timeout=5).json()
+            if body.get("status") == "ready":
+                ready = body
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(1)
+    if ready is None:
+        proc.kill()
+        proc.wait()
+        out.close()
+        pytest.fail(f"stack not ready:\n{(data / 'stack.out').read_text('utf-8')[-3000:]}")
+    yield {"url": url, "proc": proc, "port": port, "worker_port": worker_port, "data": data, "ready": ready}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    out.close()
+
+
+def chat(url: str, text: str, session: str = "it-1") -> httpx.Response:
+    return httpx.post(url + "/v1/chat", json={"session_id": session, "text": text}, headers=KEY, timeout=30)
+
+
+def test_chat_through_real_worker_and_milvus_lite(stack):
+    url = stack["url"]
+    assert stack["ready"]["knowledge_base"]["encoder"].startswith("faq-v")
+    r = chat(url, "下单后多久发货？")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["action"] in {"answer", "suggest", "clarify", "handoff"} and body["degraded"] == []
+    assert set(body["model_versions"]) == {"intent", "sentiment", "faq"}
+    assert body["intent"]["label"] and 0 <= body["sentiment"]["negative"] <= 1
+    for name in ("intent", "sentiment", "faq_embed", "faq_store"):
+        assert f"{name};dur=" in r.headers["server-timing"]
+    r = httpx.post(
+        url + "/v1/faq/search", json={"text": ["下单后多久发货？", "怎么查看物流信息？"]}, headers=KEY
+    )
+    assert [res["hits"][0]["faq_id"] for res in r.json()["results"]] == ["faq-001", "faq-003"]
+    r = httpx.post(url + "/v1/intent", json={"text": ["我要投诉", "帮我转人工"]}, headers=KEY)
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
+
+
+def test_admin_writes_reach_the_real_store_and_search(stack):
+    url = stack["url"]
+    faq = {
+        "faq_id": "faq-it-1",
+        "question": "积分可以兑换话费吗？",
+        "answer": "可以，在“我的-积分商城”选择话费充值即可。",
+        "category": "促销活动",
+    }
+    r = httpx.post(url + "/admin/faq/faqs", json=faq, headers=KEY, timeout=30)
+    assert r.status_code == 201, r.text
+    try:
+        hits = httpx.post(url + "/v1/faq/search", json={"text": "积分可以兑换话费吗？"}, headers=KEY).json()
+        assert hits["results"][0]["hits"][0]["faq_id"] == "faq-it-1"
+    finally:
+        assert httpx.delete(url + "/admin/faq/faqs/faq-it-1", headers=KEY).status_code == 204
+
+
+def test_errors_and_metrics_over_the_wire(stack):
+    url = stack["url"]
+    r = httpx.post(url + "/v1/chat", json={"session_id": "x", "text": "你好"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    metrics = httpx.get(url + "/metrics").text
+    assert "kefu_gateway_requests_total" in metrics and "kefu_faq_entries" in metrics
+
+
+def test_ctrl_c_stops_every_process(stack):
+    proc = stack["proc"]
+    family = descendants(proc.pid)
+    assert len(family) >= 3  # worker, its engine processes, gateway
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    for port in (stack["port"], stack["worker_port"]):
+        assert not port_open(port), f"port {port} still open after Ctrl-C"
+    alive = [pid for pid in family if Path(f"/proc/{pid}").exists() and not zombie(pid)]
+    assert alive == [], f"left behind: {alive}"
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every process (from /proc)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    table, found, frontier = parents(), [], [pid]
+    while frontier:
+        children = [p for p, parent in table.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
