@@ -354,5 +354,9 @@ def create_app_from_env() -> FastAPI:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream probe otherwise
+    import jieba  # sets its own logger to DEBUG on import: import it first, then quieten it
+
+    for noisy in ("httpx", "jieba", "faiss.loader"):  # a line per probe; dictionary and library loading
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    jieba.setLogLevel(logging.WARNING)
     return create_app(settings, EdgeSettings())

@@ -6,8 +6,9 @@
    when the collection is empty, or re-embeds when the collection's encoder version differs from the worker's;
 3. waits for each to be ready (progress every few seconds), then prints the URLs and a ready-to-paste `curl`.
 
-Ctrl-C (SIGINT) or SIGTERM stops the gateway, then the worker, each as a whole process group (the worker's
-server processes and their engine processes included): SIGTERM, then SIGKILL after `--stop-timeout` seconds.
+Ctrl-C (SIGINT) or SIGTERM stops the gateway, then the worker: SIGTERM to each (the worker closes its engine
+processes itself), then SIGKILL after `--stop-timeout` seconds to whatever is left of its process group (each
+child runs in a process group of its own, so nothing it started outlives it).
 If either child dies, the other is stopped too and the launcher exits non-zero. Only loopback by default.
 """
 
@@ -67,11 +68,8 @@ class Child:
         return self.proc.poll() is None
 
     def stop(self, timeout_s: float) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if self.alive():  # the leader shuts its own children down (the worker closes its engine processes)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -195,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         print(">> stopped", flush=True)
 
     def on_signal(signum, frame):
-        raise KeyboardInterrupt
+        if not stopping:  # a second Ctrl-C while stopping must not cut the clean-up short
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         worker_argv = [
             sys.executable,
