@@ -156,7 +156,17 @@ def create_app(
     if cache is None and settings.cache_enabled:
         cache = edge.cache
     pool = WorkerPool(settings, metrics, transport=transport)
-    models = ModelClient(pool, metrics, model_router)
+    canary = None
+    if settings.routing_file is not None:  # canary routing + shadow traffic (issue 7); reads the file now
+        from services.gateway.canary_routing import CanaryRouting
+
+        canary = CanaryRouting(settings, metrics, pool, transport=transport)
+    models = ModelClient(
+        pool,
+        metrics,
+        model_router or (canary.router if canary else None),
+        canary_pool=canary.pool if canary else None,
+    )
     kb = None
     if settings.faq_enabled:
         if store is None and open_store is None:
@@ -164,6 +174,8 @@ def create_app(
         kb = KnowledgeBase(
             settings, policy, models, metrics, store=store, open_store=open_store, reindexer=reindexer
         )
+    if canary is not None:
+        canary.attach(models, kb)
     orchestrator = Orchestrator(settings, policy, models, kb, sessions, cache, metrics)
 
     async def refresh_forever() -> None:
@@ -180,6 +192,8 @@ def create_app(
     async def lifespan(app: FastAPI):
         await pool.start()
         await pool.refresh()
+        if canary is not None:
+            await canary.start()
         if kb is not None:
             await kb.prepare()
         task = asyncio.get_running_loop().create_task(refresh_forever())
@@ -189,6 +203,8 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if canary is not None:
+                await canary.close()
             await pool.close()
             if kb is not None:
                 await asyncio.to_thread(kb.close)
@@ -208,6 +224,7 @@ def create_app(
         orchestrator,
     )
     app.state.metrics, app.state.edge, app.state.registry = metrics, edge, registry
+    app.state.canary = canary
     edge.install(app)
     app.add_middleware(TimingMiddleware, metrics=metrics)
     chat_scope = Depends(edge.require("chat"))

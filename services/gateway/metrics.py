@@ -24,6 +24,7 @@ names/versions, actions, hand-over reasons, tenant ids and the models' own label
 | kefu_gateway_model_confidence | histogram | model, version, role | top-label probability (classifiers) or top FAQ score (encoder) |
 | kefu_gateway_shadow_comparisons_total | counter | model, stable_version, canary_version, agree | shadow answer vs stable: agree "true"/"false" |
 | kefu_gateway_shadow_confidence_delta | histogram | model, stable_version, canary_version | canary confidence minus stable |
+| kefu_gateway_shadow_dropped_total | counter | model, reason | shadow calls not made (reason saturated: too many in flight) |
 | kefu_faq_search_duration_seconds | histogram | mode | one knowledge-base search (hybrid/dense/bm25) |
 | kefu_faq_top_score | histogram | mode | normalised score of the best hit of each search (0..1) |
 | kefu_faq_entries | gauge | kind | knowledge-base size: kind faqs / phrasings |
@@ -61,6 +62,7 @@ METRIC_NAMES = [
     f"{GATEWAY}_model_confidence",
     f"{GATEWAY}_shadow_comparisons_total",
     f"{GATEWAY}_shadow_confidence_delta",
+    f"{GATEWAY}_shadow_dropped_total",
     f"{FAQ}_search_duration_seconds",
     f"{FAQ}_top_score",
     f"{FAQ}_entries",
@@ -143,6 +145,9 @@ class GatewayMetrics:
             shadow_labels,
             buckets=DELTA_BUCKETS,
             **kw,
+        )
+        self.shadow_dropped = Counter(
+            f"{GATEWAY}_shadow_dropped", "Shadow calls not made (saturated)", ("model", "reason"), **kw
         )
         self.faq_search_duration = Histogram(
             f"{FAQ}_search_duration_seconds",

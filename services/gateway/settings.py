@@ -101,8 +101,46 @@ class GatewaySettings(BaseSettings):
         "KEFU_GATEWAY_CACHE_MAX_ENTRIES / _CACHE_TTL_S, Redis when KEFU_GATEWAY_REDIS_URL is set)",
     )
 
+    # ── canary routing and shadow traffic (issue 7, services/gateway/canary_routing.py) ────────────────
+    routing_file: Path | None = Field(
+        None,
+        description="routing file (services/canary/routing.py: stable / canary / weight / shadow / sticky per "
+        "model), hot-reloaded; in the cluster the mounted routing ConfigMap. Empty: no canary, every call "
+        "goes to the latest version the workers serve",
+    )
+    routing_poll_s: float = Field(1.0, gt=0, description="how often the routing file is checked for changes")
+    canary_workers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="worker base URLs per role (JSON, like `workers`) for canary and shadow versions, e.g. the "
+        "canary Services in the cluster; a role without an entry calls its candidate on the stable workers",
+    )
+    shadow_timeout_s: float = Field(
+        2.0, gt=0, description="deadline of one shadow call and its comparison (never delays the client)"
+    )
+    shadow_max_inflight: int = Field(
+        32,
+        ge=1,
+        description="shadow calls running at once; more are dropped (kefu_gateway_shadow_dropped_total)",
+    )
+
     # ── degradation ───────────────────────────────────────────────────────────────────────────────────
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 when every upstream is down")
+
+    @field_validator("routing_file", mode="before")
+    @classmethod
+    def _routing_file(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("canary_workers")
+    @classmethod
+    def _canary_workers(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for role, urls in v.items():
+            if role not in ("intent", "sentiment", "faq"):
+                raise ValueError(f"canary_workers: unknown role {role!r} (intent, sentiment, faq)")
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"canary_workers[{role!r}]: {url!r} is not an http(s) URL")
+        return {role: [u.rstrip("/") for u in urls] for role, urls in v.items() if urls}
 
     @field_validator("workers")
     @classmethod
