@@ -48,7 +48,9 @@ class GatewaySettings(BaseSettings):
     retries: int = Field(
         1, ge=0, description="extra attempts of an inference call, each on another replica (not after a 4xx)"
     )
-    max_connections: int = Field(200, ge=1, description="pooled HTTP connections towards all workers")
+    max_connections: int = Field(
+        100, ge=1, description="pooled HTTP connections per role (intent, sentiment, faq) towards its workers"
+    )
     breaker_failures: int = Field(
         5,
         ge=1,
