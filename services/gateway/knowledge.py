@@ -161,6 +161,8 @@ class KnowledgeBase:
                 self._reindexer(embedder)(entries)
             else:
                 self.store.upsert(entries, embed_entries(embedder, entries, embedder.batch_size))
+                if flush := getattr(self.store, "flush", None):  # Milvus: seal and index the new rows
+                    flush()  # (searches of unsealed rows were 7x slower: 57 vs 8 ms on milvus-lite, serialised)
             log.info("knowledge base seeded with %d FAQs from %s", len(entries), self.settings.faq_seed_file)
         elif stored not in (None, embedder.version):
             if not (self.settings.faq_reindex_on_mismatch and self._reindexer is not None):
