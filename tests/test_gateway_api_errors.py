@@ -222,3 +222,18 @@ def test_gateway_starts_and_degrades_without_any_worker(tmp_path):
         assert client.get("/readyz").json()["status"] == "ready"
         r = client.post("/v1/chat", json={"session_id": "s", "text": "下单后多久发货？"}, headers=headers())
         assert r.json()["action"] == "answer"
+
+
+def test_chat_text_limits_name_the_field(gw):
+    err = assert_error(gw.chat("很" * 65), 400, "text_too_long")
+    assert err["message"].startswith("text:")
+    assert_error(gw.chat(" \u3000 "), 400, "empty_text")
+
+
+def test_with_the_knowledge_base_disabled_chat_works_and_readiness_ignores_it(tmp_path):
+    app, fake, registry = build(tmp_path, faq_enabled=False)
+    with TestClient(app) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
+        body = client.post("/v1/chat", json={"session_id": "s", "text": "我要投诉"}, headers=headers()).json()
+        assert body["action"] == "handoff" and body["degraded"] == [] and body["faq_hits"] == []
+        assert client.get("/admin/faq/faqs", headers=headers()).status_code == 404  # not mounted

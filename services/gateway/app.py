@@ -235,7 +235,7 @@ def create_app(
     async def chat(body: ChatRequest, request: Request):
         """One customer message in a session: the reply to show and what the support flow should do."""
         check_session_id(body.session_id)
-        [text] = edge.check_texts([body.text])
+        text = edge.check_text(body.text, field="text")
         result = await orchestrator.chat(body.session_id, text, request.state.timings)
         d = result.decision
         log.info(
@@ -263,7 +263,7 @@ def create_app(
     )
     async def intent(body: TextsRequest, request: Request):
         """Intent of each text (one or a list)."""
-        texts = edge.check_texts(_texts(body.text))
+        texts = edge.check_texts(_texts(body.text), field="text")
         try:
             version, preds, _ = await orchestrator.classify("intent", texts, request.state.timings)
         except UpstreamError as e:
@@ -280,7 +280,7 @@ def create_app(
     )
     async def sentiment(body: TextsRequest, request: Request):
         """Sentiment of each text (one or a list)."""
-        texts = edge.check_texts(_texts(body.text))
+        texts = edge.check_texts(_texts(body.text), field="text")
         try:
             version, preds, _ = await orchestrator.classify("sentiment", texts, request.state.timings)
         except UpstreamError as e:
@@ -297,7 +297,7 @@ def create_app(
     )
     async def faq_search(body: FaqSearchRequest, request: Request):
         """The best FAQs for each query (one or a list), best first."""
-        texts = edge.check_texts(_texts(body.text))
+        texts = edge.check_texts(_texts(body.text), field="text")
         try:
             version, hits = await orchestrator.search_faq(texts, body.top_k, request.state.timings)
         except UpstreamError as e:
@@ -320,7 +320,9 @@ def create_app(
     async def readyz():
         usable = {role: pool.usable(role) for role in pool.replicas}
         kb_ready = kb is not None and kb.ready
-        can = [usable["intent"], usable["sentiment"], usable["faq"] and kb_ready]
+        can = [usable["intent"], usable["sentiment"]] + (
+            [usable["faq"] and kb_ready] if kb is not None else []
+        )
         status = "ready" if all(can) else "degraded" if any(can) else "unavailable"
         body = Readiness(
             status=status,
