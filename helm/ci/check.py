@@ -132,6 +132,70 @@ CRD_SCHEMAS = {
             },
         },
     },
+    # Argo Rollouts (canary.argo.enabled): the fields the chart emits; a Job metric's spec is a batch/v1 JobSpec
+    # (tests/test_chart_canary.py validates it with kubernetes-validate).
+    ("argoproj.io/v1alpha1", "AnalysisTemplate"): {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["metrics"],
+                "properties": {
+                    "args": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
+                        },
+                    },
+                    "metrics": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "provider"],
+                            "properties": {
+                                "name": {"type": "string", "pattern": "^[a-z0-9-]+$"},
+                                "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                "count": {"type": "integer", "minimum": 1},
+                                "failureLimit": {"type": "integer", "minimum": 0},
+                                "successCondition": {"type": "string"},
+                                "provider": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "minProperties": 1,
+                                    "maxProperties": 1,
+                                    "properties": {
+                                        "prometheus": {
+                                            "type": "object",
+                                            "additionalProperties": False,
+                                            "required": ["address", "query"],
+                                            "properties": {
+                                                "address": {"type": "string"},
+                                                "query": {"type": "string"},
+                                            },
+                                        },
+                                        "job": {
+                                            "type": "object",
+                                            "additionalProperties": False,
+                                            "required": ["spec"],
+                                            "properties": {"spec": {"type": "object"}},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
 }
 
 

@@ -7,10 +7,17 @@ a copy of SOURCE_REPO/MODEL/config.yaml whose `version_policy` is `specific: [VE
 version folder, and symlinks to the model's other top-level files (e.g. the FAQ encoder's thresholds.json).
 Other version folders are left out. The worker still verifies the version against its sha256 manifest.
 Standard library + PyYAML only (both are in the worker image).
+
+The rollout tool (`python -m services.canary --kubernetes`) moves versions by annotating the pod template, and
+the chart hands that annotation to this script through the downward API as `KEFU_PIN_OVERRIDE`:
+`kefu.io/stable-<model>` = `<version>` on the stable Deployment (set by `promote`), `kefu.io/canary` =
+`<model>=<version>` on the canary Deployment (set by `start`). When it is set it wins over VERSION (the value
+rendered from the chart's values), so what the tool patches is what the pods serve; empty = VERSION.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,12 +48,31 @@ def pin(source: Path, view: Path, model: str, version: int) -> Path:
     return dst
 
 
+def override(model: str, value: str) -> str | None:
+    """The version an annotation value names for `model` (`2` or `intent=2`); None when empty."""
+    value = value.strip()
+    if not value:
+        return None
+    if "=" in value:
+        named, value = (part.strip() for part in value.split("=", 1))
+        if named != model:
+            raise SystemExit(f"pin_version: the annotation names model {named!r}, this pool serves {model!r}")
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"pin_version: the annotation's version {value!r} is not a positive integer")
+    return value
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 4 or not argv[3].isdigit() or int(argv[3]) < 1:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    dst = pin(Path(argv[0]), Path(argv[1]), argv[2], int(argv[3]))
-    print(f"pin_version: {dst} serves {argv[2]} version {argv[3]} only")
+    version = argv[3]
+    annotated = override(argv[2], os.environ.get("KEFU_PIN_OVERRIDE", ""))
+    if annotated is not None and annotated != version:
+        print(f"pin_version: the rollout annotation selects version {annotated} (the chart says {version})")
+        version = annotated
+    dst = pin(Path(argv[0]), Path(argv[1]), argv[2], int(version))
+    print(f"pin_version: {dst} serves {argv[2]} version {version} only")
     return 0
 
 

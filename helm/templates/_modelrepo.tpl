@@ -3,7 +3,8 @@ The model repository of one pod, from a PVC or fetched from object storage, opti
 
 Args (dict): root; model (repository model name); version (0 = the repository's version_policy); filters
 (rclone --filter rules for the fetch, [] = everything of that model); pinImage (image with Python + PyYAML
-that runs files/pin_version.py, i.e. the worker image).
+that runs files/pin_version.py, i.e. the worker image); pinAnnotation (optional: the pod annotation whose value,
+set by the canary rollout tool, overrides `version`).
 
 Layout inside the pod:
   unpinned: the source (PVC or fetched emptyDir) at modelRepository.mountPath
@@ -92,6 +93,14 @@ Layout inside the pod:
   image: {{ .pinImage | quote }}
   imagePullPolicy: IfNotPresent
   command: ["python", "/etc/kefu/pin/pin_version.py", {{ $src | quote }}, {{ $r.mountPath | quote }}, {{ .model | quote }}, {{ int .version | quote }}]
+  {{- with .pinAnnotation }}
+  env:
+    # the rollout tool's annotation on the pod template wins over the rendered version (files/pin_version.py)
+    - name: KEFU_PIN_OVERRIDE
+      valueFrom:
+        fieldRef:
+          fieldPath: {{ printf "metadata.annotations['%s']" . | quote }}
+  {{- end }}
   resources:
     requests: {cpu: 50m, memory: 64Mi}
     limits: {cpu: 500m, memory: 256Mi}

@@ -13,7 +13,8 @@
       label_shift: {measure: psi, max: 0.25, min_samples: 200}
     offline: {max_drop: 0.02}     # evaluation.json of canary vs stable, checked before any traffic moves
 
-A step may also be a mapping: `{weight: 25, bake: 10m, shadow: 20}`. Weight 100 is the promotion: stable becomes
+A step may also be a mapping: `{weight: 25, bake: 10m, shadow: 20}`. A first step of weight 0 is shadow only: the
+candidate answers no client until its mirrored answers passed the gates (a broken version is caught there). Weight 100 is the promotion: stable becomes
 the canary version and the canary entry is removed, so the gates run at every step below 100 (at 100% there is no
 stable traffic left to compare with). A gate set to `null` is not run. Durations are Prometheus-style strings
 (`90s`, `5m`, `1h`) or numbers of seconds.
@@ -108,7 +109,11 @@ class OfflineGate(_Strict):
 
 
 class Step(_Strict):
-    weight: float = Field(gt=0, le=100, description="canary traffic share (%) during this step")
+    weight: float = Field(
+        ge=0,
+        le=100,
+        description="canary traffic share (%) during this step; 0 (first step only): shadow only",
+    )
     bake: float | None = Field(
         None, ge=0, description="seconds of traffic before analysis (default: policy's)"
     )
@@ -158,6 +163,8 @@ class RolloutPolicy(_Strict):
         weights = [s.weight for s in self.steps]
         if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
             raise ValueError(f"steps must strictly increase, got {weights}")
+        if self.steps[0].weight == 0 and self.shadow_of(self.steps[0]) == 0:
+            raise ValueError("a first step of weight 0 is shadow only: it needs a shadow share above 0")
         if weights[-1] != 100:
             raise ValueError(f"the last step must be 100 (the promotion), got {weights[-1]:g}")
         return self

@@ -1,6 +1,6 @@
 """`run`: step a canary through the policy, bake, analyse, and promote or roll back on its own.
 
-    offline gate (evaluation.json) -> start at the first weight -> for each step below 100:
+    offline gate (evaluation.json) -> start at the first weight (0: shadow only) -> for each step below 100:
         set weight, bake (progress lines), analyse; FAIL -> roll back; INCONCLUSIVE -> bake again
         (max_extra_bakes), then roll back for want of evidence
     -> promote at the step of weight 100
@@ -103,7 +103,10 @@ class Rollout:
                     started = True
                 else:
                     self.backend.set_weight(model, step.weight, shadow)
-                self.out(f"{label}: canary {canary} at {step.weight:g}% of traffic, shadow {shadow:g}%")
+                if step.weight == 0:
+                    self.out(f"{label}: canary {canary} shadow only (no client sees it), shadow {shadow:g}%")
+                else:
+                    self.out(f"{label}: canary {canary} at {step.weight:g}% of traffic, shadow {shadow:g}%")
                 analysis = self._bake_and_analyse(label, model, stable, canary, step)
                 if analysis is None:
                     continue

@@ -9,7 +9,8 @@ imageTag ("" = the pool's), name.
 {{- $gpu := eq $w.device "gpu" -}}
 {{- $base := ternary $root.Values.images.workerGpu $root.Values.images.workerCpu $gpu -}}
 {{- $image := include "kefu.image" (dict "root" $root "base" $base "override" $w.image "tag" .imageTag) -}}
-{{- $repo := dict "root" $root "model" $w.model "version" .version "filters" (list) "pinImage" $image -}}
+{{- $pinAnnotation := ternary "kefu.io/canary" (printf "kefu.io/stable-%s" $w.model) (eq .track "canary") -}}
+{{- $repo := dict "root" $root "model" $w.model "version" .version "filters" (list) "pinImage" $image "pinAnnotation" $pinAnnotation -}}
 {{- $env := list
   (dict "name" "KEFU_WORKER_HOST" "value" "0.0.0.0")
   (dict "name" "KEFU_WORKER_PORT" "value" "8001")
