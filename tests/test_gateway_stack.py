@@ -97,21 +97,41 @@ def test_chat_through_real_worker_and_milvus_lite(stack):
     assert r.status_code == 200 and len(r.json()["results"]) == 2
 
 
-def test_admin_writes_reach_the_real_store_and_search(stack):
+NEW_FAQ = {
+    "faq_id": "faq-it-1",
+    "question": "积分可以兑换话费吗？",
+    "answer": "可以，在“我的-积分商城”选择话费充值即可。",
+    "category": "促销活动",
+}
+
+
+@pytest.fixture
+def new_faq(stack):
     url = stack["url"]
-    faq = {
-        "faq_id": "faq-it-1",
-        "question": "积分可以兑换话费吗？",
-        "answer": "可以，在“我的-积分商城”选择话费充值即可。",
-        "category": "促销活动",
-    }
-    r = httpx.post(url + "/admin/faq/faqs", json=faq, headers=KEY, timeout=30)
+    r = httpx.post(url + "/admin/faq/faqs", json=NEW_FAQ, headers=KEY, timeout=30)
     assert r.status_code == 201, r.text
-    try:
-        hits = httpx.post(url + "/v1/faq/search", json={"text": "积分可以兑换话费吗？"}, headers=KEY).json()
-        assert hits["results"][0]["hits"][0]["faq_id"] == "faq-it-1"
-    finally:
-        assert httpx.delete(url + "/admin/faq/faqs/faq-it-1", headers=KEY).status_code == 204
+    yield NEW_FAQ
+    assert httpx.delete(url + "/admin/faq/faqs/faq-it-1", headers=KEY).status_code == 204
+
+
+def test_admin_writes_reach_the_real_store_and_its_vectors(stack, new_faq):
+    url = stack["url"]
+    assert httpx.get(url + "/admin/faq/faqs/faq-it-1", headers=KEY).json()["question"] == new_faq["question"]
+    body = {"text": new_faq["question"], "top_k": 3, "mode": "dense"}
+    hits = httpx.post(url + "/admin/faq/search", json=body, headers=KEY).json()["hits"]
+    assert hits[0]["faq_id"] == "faq-it-1"  # embedded through the worker's encoder, searchable at once
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="milvus-lite 3.2.2: rows inserted after the collection has sealed segments (after a flush, or any "
+    "reopen of the file) are invisible to BM25, so hybrid search misses a new FAQ's keyword route; the FAQ "
+    "store must work around it (services/faq/milvus_store.py). Strict: this fails once it is fixed.",
+)
+def test_a_new_faq_is_found_by_keywords_too(stack, new_faq):
+    body = {"text": new_faq["question"], "top_k": 3, "mode": "bm25"}
+    hits = httpx.post(stack["url"] + "/admin/faq/search", json=body, headers=KEY).json()["hits"]
+    assert hits and hits[0]["faq_id"] == "faq-it-1"
 
 
 def test_errors_and_metrics_over_the_wire(stack):
