@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s canary-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ rules-check: setup ## promtool check + test of the alert rules, runbooks, dashbo
 
 observe: setup ## real Prometheus on $(HOST):$(PROMETHEUS_PORT) scraping `make run`'s stack with the chart's rules (Ctrl-C stops it)
 	$(PY) -m observe.prometheus --host $(HOST) --port $(PROMETHEUS_PORT) --worker $(HOST):$(WORKER_PORT)
+
+canary-demo: setup $(REPO)/.built ## two canary rollouts of intent on the local stack under traffic: retrained v2 promoted, label-permuted v3 rolled back (~5 min)
+	$(PY) -m services.canary.demo --source $(REPO)
 
 CHECKOV_VENV ?= .tools/checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov

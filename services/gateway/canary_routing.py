@@ -280,7 +280,9 @@ async def _version_labels(pool: WorkerPool, role: str, version: str) -> list[str
     """`parameters.labels` of one version from the first replica that answers (None: unknown or encoder)."""
     for replica in pool.replicas[role]:
         try:
-            r = await pool.client.get(f"{replica.url}/v2/models/{pool.models[role]}/versions/{version}")
+            r = await pool.clients[role].get(
+                f"{replica.url}/v2/models/{pool.models[role]}/versions/{version}"
+            )
             if r.status_code != 200:
                 continue
             labels = (r.json().get("parameters") or {}).get("labels")
