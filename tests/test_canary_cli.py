@@ -231,3 +231,29 @@ def test_module_entry_point(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "intent: stable 1, canary 2 at 25%, shadow 0%, sticky True" in done.stdout
+
+
+def test_shadow_only_first_step_catches_a_broken_canary_before_any_client_sees_it(stack, capsys):
+    tmp, routing, policy, repo = stack
+    policy.write_text(POLICY.replace("steps: [10, 100]", "steps: [0, 10, 100]"))
+    code, fake, report = run_cli(stack, "3", broken_scenario())
+    assert code == 1 and report["result"] == "rolled_back" and len(report["analyses"]) == 1
+    assert {(c, w, s) for _, c, w, s in fake.seen} == {("3", 0, 50)}  # analysed in shadow only: weight 0
+    assert "shadow only (no client sees it)" in capsys.readouterr().out
+    assert routing_of(routing)["intent"].canary is None
+
+
+def test_shadow_only_step_needs_a_shadow_share():
+    with pytest.raises(ValueError, match="shadow only"):
+        RolloutPolicy.model_validate({"steps": [0, 100], "shadow": 0})
+    with pytest.raises(ValueError, match="strictly increase"):
+        RolloutPolicy.model_validate({"steps": [10, 0, 100], "shadow": 10})
+    policy = RolloutPolicy.model_validate({"steps": [{"weight": 0, "shadow": 100}, 100]})
+    assert policy.shadow_of(policy.steps[0]) == 100
+
+
+def test_demo_policy_is_valid_and_starts_in_shadow():
+    from services.canary.demo import DEMO_POLICY
+
+    policy = RolloutPolicy.load(DEMO_POLICY)
+    assert [s.weight for s in policy.steps] == [0, 10, 100] and policy.shadow == 50
