@@ -96,7 +96,7 @@ rules-check: setup ## promtool check + test of the alert rules, runbooks, dashbo
 observe: setup ## real Prometheus on $(HOST):$(PROMETHEUS_PORT) scraping `make run`'s stack with the chart's rules (Ctrl-C stops it)
 	$(PY) -m observe.prometheus --host $(HOST) --port $(PROMETHEUS_PORT) --worker $(HOST):$(WORKER_PORT)
 
-canary-demo: setup $(REPO)/.built ## two canary rollouts of intent on the local stack under traffic: retrained v2 promoted, label-permuted v3 rolled back (~5 min)
+canary-demo: setup $(REPO)/.built ## two canary rollouts of intent on the local stack under traffic: retrained v2 promoted, label-permuted v3 rolled back (~4 min)
 	$(PY) -m services.canary.demo --source $(REPO)
 
 CHECKOV_VENV ?= .tools/checkov

@@ -25,6 +25,9 @@ version answers and whether the call is mirrored to the candidate.
   weight on it mirrors those calls instead (shadow only); promoting it makes the knowledge base re-index at its
   next refresh (`knowledge.py`). Its shadow agreement says whether the candidate finds the same FAQ in the
   current index, which a re-trained encoder (a new embedding space) is expected to fail until re-indexed.
+- The response cache is keyed by the stable version (`ModelClient.versions()`): a text answered from the cache
+  gets stable's answer whatever its session's side, and is neither sent to the canary nor mirrored. Canary and
+  shadow see cache misses only (`make canary-demo` turns the cache off so the gates see every request).
 """
 
 from __future__ import annotations
