@@ -314,3 +314,37 @@ def test_milvus_lite_server_is_shared_by_processes(lite_server):
         assert store.physical_collection == report.collection and store.count() == 20
     finally:
         store.close()
+
+
+def test_rebuild_from_stored_vectors_fixes_bm25_ranking_of_faqs_written_after_a_flush(tmp_path):
+    """milvus-lite scores BM25 per segment; `StoredVectors` + `reindex` rebuilds in one segment, no encoder."""
+    from services.faq.reindex import StoredVectors
+
+    uri = str(tmp_path / "faq.db")
+    store = loaded(uri)
+    try:
+        store.flush()
+        new = FaqEntry(faq_id="faq-900", question="电子发票抬头写错了怎么改", answer="在订单详情里申请换开。")
+        store.upsert([new], embed_entries(V1, [new]))
+        assert store.bm25_needs_rebuild_after_writes
+        before = [h.faq_id for h in store.search(new.question, None, 3, "bm25")]
+        dense_before = [
+            (h.faq_id, round(h.score, 5)) for h in store.search(QUERY, V1.embed([QUERY])[0], 5, "dense")
+        ]
+
+        entries = [*KB, new]
+        report = reindex(factory(uri, V1), entries, StoredVectors(store, V1.version), "faq", drop_grace_s=0)
+        assert report.rows == 427 and report.faqs == 92
+        after = [h.faq_id for h in store.search(new.question, None, 3, "bm25")]
+        dense_after = [
+            (h.faq_id, round(h.score, 5)) for h in store.search(QUERY, V1.embed([QUERY])[0], 5, "dense")
+        ]
+        assert "faq-900" not in before[:1] and after[0] == "faq-900", (before, after)
+        assert dense_after == dense_before  # the same vectors: dense search is unchanged
+
+        missing = FaqEntry(faq_id="faq-901", question="从没存过的问题", answer="无")
+        with pytest.raises(ReindexFailed, match="no stored vector"):
+            reindex(factory(uri, V1), [*entries, missing], StoredVectors(store, V1.version), "faq")
+        assert store.count() == 92  # the failed rebuild left the serving collection alone
+    finally:
+        store.close()

@@ -89,12 +89,15 @@ def create_admin_router(
     *,
     settings: FaqAdminSettings | None = None,
     reindexer: Reindexer | None = None,
+    bm25_refresher: Reindexer | None = None,
 ) -> APIRouter:
     """The admin routes over `store`, embedding with `embedder`; `auth` is a FastAPI dependency that raises
     `Unauthorized` / `Forbidden` (e.g. `require_admin_key(...)`). `reindexer` enables `POST /reindex`
-    (`milvus_reindexer` for a `MilvusFaqStore`). The `FaqAdmin` behind the routes is `router.faq_admin`."""
+    (`milvus_reindexer` for a `MilvusFaqStore`). `bm25_refresher` rebuilds the collection from its stored
+    vectors after writes (milvus-lite's per-segment BM25 statistics; see `FaqAdminSettings.bm25_refresh_s`).
+    The `FaqAdmin` behind the routes is `router.faq_admin`."""
     settings = settings or FaqAdminSettings()
-    admin = FaqAdmin(store, embedder, settings, reindexer)
+    admin = FaqAdmin(store, embedder, settings, reindexer, bm25_refresher)
     router = APIRouter(dependencies=[Depends(auth)], route_class=_route_class(settings))
     router.faq_admin = admin  # type: ignore[attr-defined]
 

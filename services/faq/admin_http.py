@@ -72,6 +72,12 @@ class FaqAdminSettings(BaseSettings):
         30, ge=1, description="Retry-After of writes refused while a re-index runs"
     )
     embed_batch_size: int = Field(256, ge=1, description="phrasings per embedder call")
+    bm25_refresh_s: float = Field(
+        2.0,
+        ge=0,
+        description="milvus-lite only: seconds after the last write before the collection is rebuilt from its "
+        "stored vectors so BM25 ranks new FAQs right (its statistics are per segment); 0 = never",
+    )
 
     def auth(self) -> Callable[..., Any]:
         """The `require_admin_key` dependency for `api_key_sha256`."""

@@ -62,8 +62,11 @@ class FaqAdmin:
         embedder: Embedder,
         settings: FaqAdminSettings,
         reindexer: Reindexer | None = None,
+        bm25_refresher: Reindexer | None = None,
     ):
         self.store, self.embedder, self.settings, self.reindexer = store, embedder, settings, reindexer
+        self.bm25_refresher = bm25_refresher
+        self._refresh_task: asyncio.Task | None = None
         self.maintenance = False
         self._lock = asyncio.Lock()
         self._reindex_task: asyncio.Task | None = None
@@ -87,7 +90,36 @@ class FaqAdmin:
 
         task = asyncio.ensure_future(locked())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await asyncio.shield(task)
+        result = await asyncio.shield(task)
+        if fn in (self.create, self.update, self.delete, self.import_file):
+            self._schedule_bm25_refresh()
+        return result
+
+    def _schedule_bm25_refresh(self) -> None:
+        """Debounced: `bm25_refresh_s` after the last write, rebuild the collection from its stored vectors
+        under the write lock (writes wait, searches go on through the alias). Only for stores that need it
+        (`MilvusFaqStore.bm25_needs_rebuild_after_writes`: milvus-lite's per-segment BM25 statistics)."""
+        if self.bm25_refresher is None or self.settings.bm25_refresh_s <= 0:
+            return
+        if self._refresh_task is not None and not self._refresh_task.done():
+            self._refresh_task.cancel()  # a later write restarts the wait
+        self._refresh_task = asyncio.ensure_future(self._bm25_refresh())
+
+    async def _bm25_refresh(self) -> None:
+        await asyncio.sleep(self.settings.bm25_refresh_s)
+        if self.maintenance:
+            return  # a re-index rebuilds everything anyway
+        try:
+            async with self._lock:
+                entries = await run_in_threadpool(self.read_all)
+                report = await run_in_threadpool(self.bm25_refresher, entries)
+            if report is not None:
+                log.info("FAQ BM25 statistics refreshed (collection rebuilt in one segment): %s", report)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # searches keep working on the old collection; the next write retries
+            message = e.message if isinstance(e, FaqError) else f"{type(e).__name__}: {e}"
+            log.warning("FAQ BM25 refresh failed, keyword ranking of new FAQs stays degraded: %s", message)
 
     def embed(self, entries: Sequence[FaqEntry]) -> list[np.ndarray]:
         try:

@@ -241,6 +241,22 @@ class MilvusFaqStore(FaqStore):
         with backend_call("count"):
             return self._count("")
 
+    def stored_vectors(self) -> dict[str, np.ndarray]:
+        """Every phrasing's stored dense vector, by phrasing text: lets a collection be rebuilt without the
+        encoder (`reindex.StoredVectors`)."""
+        with backend_call("read vectors"):
+            rows = self._query_all("position >= 0", ["text", "dense"])
+        return {r["text"]: np.asarray(r["dense"], np.float32) for r in rows}
+
+    @property
+    def bm25_needs_rebuild_after_writes(self) -> bool:
+        """milvus-lite 3.2.2 scores BM25 with per-segment statistics: rows written after the first segment was
+        sealed (any flush or reopen) get IDFs computed over their own small segment and rank far below equal
+        matches (a new FAQ's exact question scored 2.3 against 23 for an old one). Rebuilding the collection
+        in one segment (`reindex` with `StoredVectors`) restores the ranking. Real Milvus keeps collection-wide
+        statistics and needs nothing."""
+        return self.backend == "milvus-lite" and self.bm25_supported
+
     def health(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "ok": False,

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from services.faq.domain import FaqEntry, FaqError, ReindexFailed
 from services.faq.milvus_store import MilvusFaqStore, physical_name
 from services.faq.store import Embedder, check_batch, embed_entries
@@ -125,3 +127,27 @@ def _abandon(store: MilvusFaqStore | None, alias: str, name: str, switched: bool
         log.warning("re-index of %s: could not drop the unfinished collection %s: %s", alias, name, e)
     finally:
         store.close()
+
+
+class StoredVectors:
+    """An `Embedder` that answers with the vectors a store already holds (same encoder version), so `reindex`
+    can rebuild a collection without re-embedding: what the milvus-lite BM25 refresh does
+    (`MilvusFaqStore.bm25_needs_rebuild_after_writes`)."""
+
+    def __init__(self, store: MilvusFaqStore, version: str):
+        self._vectors = store.stored_vectors()
+        self._version, self._dim = version, store.dim
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed(self, texts) -> np.ndarray:
+        missing = [t for t in texts if t not in self._vectors]
+        if missing:
+            raise ReindexFailed(f"{len(missing)} phrasings have no stored vector (first: {missing[0]!r})")
+        return np.stack([self._vectors[t] for t in texts]) if texts else np.zeros((0, self._dim), np.float32)

@@ -38,7 +38,7 @@ from services.faq.store import FaqStore
 from services.gateway.cache import ResponseCache
 from services.gateway.edge import Edge, EdgeSettings
 from services.gateway.errors import ApiError
-from services.gateway.faq_admin import KbEmbedder, KbStore, kb_reindexer
+from services.gateway.faq_admin import KbEmbedder, KbStore, kb_bm25_refresher, kb_reindexer
 from services.gateway.inference import ModelClient, ModelRouter
 from services.gateway.knowledge import (
     FaqUnavailable,
@@ -343,7 +343,11 @@ def create_app(
 
     if kb is not None:
         admin = create_admin_router(
-            KbStore(kb), KbEmbedder(kb), auth=edge.admin_dependency(), reindexer=kb_reindexer(kb)
+            KbStore(kb),
+            KbEmbedder(kb),
+            auth=edge.admin_dependency(),
+            reindexer=kb_reindexer(kb),
+            bm25_refresher=kb_bm25_refresher(kb),
         )
         app.include_router(admin, prefix="/admin/faq", tags=["admin"])
     return app
