@@ -31,3 +31,42 @@ def test_engine_process_answers_like_in_process(model_repo):
 def test_engine_process_start_failure_is_clear(model_repo):
     with pytest.raises(RuntimeError, match="failed to start: RepositoryError"):
         EngineProcessBackend(str(model_repo), "intent", 99)
+
+
+@pytest.mark.asyncio
+async def test_a_dead_engine_fails_readiness_and_is_restarted(model_repo):
+    """An engine process killed under the worker (OOM killer, segfault): readiness says so at once, the
+    watchdog reloads that version with a fresh engine, and inference works again without a restart."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from services.worker.manager import ModelManager
+    from services.worker.metrics import WorkerMetrics
+    from services.worker.settings import WorkerSettings
+
+    settings = WorkerSettings(
+        repository=model_repo, models="intent", engine_check_interval_s=0.2, warmup=False
+    )
+    manager = ModelManager(ModelRepository(model_repo), settings, WorkerMetrics(CollectorRegistry()))
+    await manager.start()
+    try:
+        served = manager.get("intent")
+        assert manager.is_ready() and served.alive
+        first = (await served.infer(["我的快递到哪了"], 10.0))[0]["probs"]
+        os.kill(served.backend._proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(served.backend._proc.join, 5)
+        assert not manager.is_ready() and not manager.is_ready("intent")  # before any restart
+        deadline = time.monotonic() + 60
+        while (
+            not (manager.is_ready() and manager.get("intent") is not served) and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.1)
+        assert manager.is_ready(), "the watchdog did not bring the engine back"
+        again = (await manager.get("intent").infer(["我的快递到哪了"], 10.0))[0]["probs"]
+        np.testing.assert_allclose(again, first, atol=1e-6)
+    finally:
+        await manager.close()

@@ -99,6 +99,10 @@ class EngineProcessBackend:
     def health(self) -> None:
         self._call("health")
 
+    def alive(self) -> bool:
+        """Cheap (no round trip): the engine process is still running."""
+        return self._proc.is_alive()
+
     def close(self) -> None:
         try:
             if self._proc.is_alive():

@@ -78,6 +78,12 @@ class ServedVersion:
             for batch in sorted({1, self.max_batch_size}):
                 self._run([row] * batch)
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine behind this version is gone (an engine process that died)."""
+        check = getattr(self.backend, "alive", None)
+        return bool(check()) if check is not None else True
+
     async def close(self, drain: bool = True) -> None:
         """Stop the batcher (letting queued texts finish when `drain`), then release the engine."""
         await self.batcher.close(drain=drain)
@@ -115,6 +121,7 @@ class ModelManager:
         self._loading: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._wanted: list[str] = []
+        self._watchdog: asyncio.Task | None = None
 
     def _default_backend(self, version: ModelVersion) -> Backend:
         if self.settings.engine_process and self.settings.backend == "paddle":
@@ -147,8 +154,9 @@ class ModelManager:
 
     def is_ready(self, name: str | None = None) -> bool:
         if name is not None:
-            return bool(self._serving.get(name))
-        return all(self._serving.get(n) for n in self._wanted) and not self._loading
+            versions = self._serving.get(name)
+            return bool(versions) and all(v.alive for v in versions.values())
+        return all(self.is_ready(n) for n in self._wanted) and not self._loading
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -160,6 +168,30 @@ class ModelManager:
                 await self.load(name)
             except LoadFailed as e:
                 log.error("%s", e)
+        if self.settings.engine_check_interval_s > 0:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_engines())
+
+    async def _watch_engines(self) -> None:
+        """Readiness reports a dead engine at once (`is_ready`); this replaces it: the model is reloaded, which
+        rebuilds only the versions whose engine is gone, while its other versions keep serving."""
+        while True:
+            await asyncio.sleep(self.settings.engine_check_interval_s)
+            for name, versions in list(self._serving.items()):
+                dead = [n for n, v in versions.items() if not v.alive]
+                if not dead:
+                    continue
+                for number in dead:
+                    self.metrics.ready.labels(name, str(number)).set(0)
+                log.error("%s: engine of version(s) %s is gone; restarting it", name, dead)
+                try:
+                    await self.load(name)
+                except LoadFailed as e:
+                    log.error(
+                        "%s: restart failed (retrying in %.0f s): %s",
+                        name,
+                        self.settings.engine_check_interval_s,
+                        e,
+                    )
 
     async def load(self, name: str) -> list[int]:
         """Load (or reload) the versions the policy selects; returns the versions now serving."""
@@ -183,7 +215,7 @@ class ModelManager:
         fresh: dict[int, ServedVersion] = {}
         try:
             for number in wanted:
-                if number in current and current[number].config == config:
+                if number in current and current[number].config == config and current[number].alive:
                     continue
                 fresh[number] = await asyncio.to_thread(self._build, name, number)
                 if self.settings.warmup:
@@ -226,5 +258,8 @@ class ModelManager:
             await asyncio.gather(*(self._retire(s) for s in versions.values()))
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for name in list(self._serving):
             await asyncio.gather(*(self._retire(s) for s in self._serving.pop(name).values()))

@@ -46,6 +46,12 @@ class WorkerSettings(BaseSettings):
     )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body")
     warmup: bool = Field(True, description="run every length bucket once before a version takes traffic")
+    engine_check_interval_s: float = Field(
+        2.0,
+        ge=0,
+        description="how often engine processes are checked; a dead one makes readiness fail and its version is "
+        "reloaded (a fresh engine, warmed) while the other versions keep serving; 0 = never",
+    )
 
     @property
     def model_names(self) -> list[str]:
