@@ -37,7 +37,6 @@ from services.faq.admin_schemas import (
 )
 from services.faq.domain import (
     DuplicateQuestion,
-    FaqEntry,
     FaqError,
     FaqNotFound,
     InvalidFaq,
@@ -48,12 +47,8 @@ from services.faq.domain import (
 )
 
 log = logging.getLogger(__name__)
-audit = logging.getLogger("services.faq.admin.audit")
 
 ADMIN_SCOPE = "faq:admin"
-READ_PAGE = 1000  # FAQs per store.list call when the whole knowledge base is read
-Reindexer = Callable[[list[FaqEntry]], Any]
-"""Rebuilds the store's collection from these entries (e.g. `milvus_reindexer`); returns a report."""
 
 
 class FaqAdminSettings(BaseSettings):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from services.faq.admin_http import FaqAdminSettings
+from services.faq.admin_http import ADMIN_SCOPE, FaqAdminSettings  # noqa: F401 (re-exported)
 from services.faq.admin_schemas import (
     EmbedderUnavailable,
     FaqExists,
@@ -40,7 +40,6 @@ from services.faq.store import Embedder, FaqStore, embed_entries
 log = logging.getLogger(__name__)
 audit = logging.getLogger("services.faq.admin.audit")
 
-ADMIN_SCOPE = "faq:admin"
 READ_PAGE = 1000  # FAQs per store.list call when the whole knowledge base is read
 Reindexer = Callable[[list[FaqEntry]], Any]
 """Rebuilds the store's collection from these entries (e.g. `milvus_reindexer`); returns a report."""
