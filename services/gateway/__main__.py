@@ -9,7 +9,6 @@ several gateway replicas against `milvus-lite server` or Milvus, with KEFU_GATEW
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,21 +17,13 @@ import uvicorn
 
 from services.gateway.edge import EdgeSettings
 from services.gateway.settings import GatewaySettings
+from services.runtime.cli import overrides_of, settings_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    fields = GatewaySettings.model_fields
-    p = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__.split("\n\n")[0])
-    for name, field in fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            p.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
-            )
-        else:
-            p.add_argument(flag, dest=name, default=None, help=field.description)
+    p = settings_parser(GatewaySettings, "python -m services.gateway", __doc__.split("\n\n")[0])
     args = p.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    overrides = overrides_of(args, GatewaySettings)
     if isinstance(overrides.get("workers"), str):
         try:
             overrides["workers"] = json.loads(overrides["workers"])

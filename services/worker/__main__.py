@@ -7,7 +7,6 @@ predictors; Prometheus metrics are then aggregated through a multiprocess direct
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -15,23 +14,15 @@ import tempfile
 
 import uvicorn
 
+from services.runtime.cli import overrides_of, settings_parser
 from services.worker.settings import WorkerSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    fields = WorkerSettings.model_fields
-    p = argparse.ArgumentParser(prog="python -m services.worker", description=__doc__.split("\n\n")[0])
-    for name, field in fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            p.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
-            )
-        else:
-            p.add_argument(flag, dest=name, default=None, help=field.description)
+    p = settings_parser(WorkerSettings, "python -m services.worker", __doc__.split("\n\n")[0])
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     args = p.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    overrides = overrides_of(args, WorkerSettings)
     settings = WorkerSettings(**overrides)  # validates before any process starts
     for (
         key,
