@@ -255,7 +255,7 @@ class MilvusFaqStore(FaqStore):
         matches (a new FAQ's exact question scored 2.3 against 23 for an old one). Rebuilding the collection
         in one segment (`reindex` with `StoredVectors`) restores the ranking. Real Milvus keeps collection-wide
         statistics and needs nothing."""
-        return self.backend == "milvus-lite" and self.bm25_supported
+        return self.backend in ("milvus-lite", "milvus-lite-server") and self.bm25_supported
 
     def health(self) -> dict[str, Any]:
         info: dict[str, Any] = {
