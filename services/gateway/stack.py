@@ -1,15 +1,17 @@
 """The whole local stack on one machine: `python -m services.gateway.stack --repository model_repository`.
 
 1. the inference worker (`python -m services.worker`, port 8001) serving intent, sentiment and faq;
-2. the gateway (`python -m services.gateway`, port 8000) with the FAQ store as an embedded milvus-lite file
-   (`runs/stack/faq.db` by default) that it fills with the demo knowledge base (`data/faq_kb_demo/faq.jsonl`)
-   when the collection is empty, or re-embeds when the collection's encoder version differs from the worker's;
-3. waits for each to be ready (progress every few seconds), then prints the URLs and a ready-to-paste `curl`.
+2. the FAQ store: a `milvus-lite server` process on a free loopback port, data in `runs/stack/milvus/`
+   (`--faq-store embedded`: a milvus-lite file inside the gateway process instead; a set `KEFU_FAQ_URI` wins);
+3. the gateway (`python -m services.gateway`, port 8000), which fills the store with the demo knowledge base
+   (`data/faq_kb_demo/faq.jsonl`) when the collection is empty, or re-embeds when the collection's encoder
+   version differs from the worker's;
+4. waits for each to be ready (progress every few seconds), then prints the URLs and a ready-to-paste `curl`.
 
-Ctrl-C (SIGINT) or SIGTERM stops the gateway, then the worker: SIGTERM to each (the worker closes its engine
+Ctrl-C (SIGINT) or SIGTERM stops the gateway, the FAQ store, then the worker: SIGTERM to each (the worker closes its engine
 processes itself), then SIGKILL after `--stop-timeout` seconds to whatever is left of its process group (each
 child runs in a process group of its own, so nothing it started outlives it).
-If either child dies, the other is stopped too and the launcher exits non-zero. Only loopback by default.
+If any child dies, the others are stopped too and the launcher exits non-zero. Only loopback by default.
 """
 
 from __future__ import annotations
@@ -266,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\n  gateway   {gateway_url}  (API docs {gateway_url}/docs, metrics {gateway_url}/metrics)\n"
             f"  worker    {worker_url}/v2\n"
-            f"  FAQ store {env['KEFU_FAQ_URI']}  (encoder {kb['encoder']}, thresholds {kb['thresholds']})\n"
+            f"  FAQ store {env['KEFU_FAQ_URI']}{f' (milvus-lite server, data {data}/milvus)' if lite_server else ''}"
+            f"  (encoder {kb['encoder']}, thresholds {kb['thresholds']})\n"
             f"  {key_line}\n\n"
             f"try:\n  {curl_example(gateway_url)}\n\nCtrl-C stops everything.",
             flush=True,
