@@ -237,3 +237,38 @@ def test_with_the_knowledge_base_disabled_chat_works_and_readiness_ignores_it(tm
         body = client.post("/v1/chat", json={"session_id": "s", "text": "我要投诉"}, headers=headers()).json()
         assert body["action"] == "handoff" and body["degraded"] == [] and body["faq_hits"] == []
         assert client.get("/admin/faq/faqs", headers=headers()).status_code == 404  # not mounted
+
+
+def test_admission_control_sheds_with_503_overloaded_and_recovers(tmp_path):
+    """Past `max_inflight` requests in flight, a request waits `admission_wait_s` for a slot, then gets 503
+    `overloaded` with Retry-After at once (no unbounded queue); once a slot frees up it is served again."""
+    import asyncio
+
+    import httpx
+
+    from tests.gateway_app import build, headers
+
+    app, _, registry = build(tmp_path, max_inflight=1, admission_wait_s=0.05)
+
+    async def scenario():
+        admission = app.state.admission
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                body = {"session_id": "s-1", "text": "下单后多久发货？"}
+                await admission.semaphore.acquire()  # another request holds the only slot
+                try:
+                    shed = await client.post("/v1/chat", json=body, headers=headers())
+                    intent = await client.post("/v1/intent", json={"text": "退款"}, headers=headers())
+                finally:
+                    admission.semaphore.release()
+                served = await client.post("/v1/chat", json=body, headers=headers())
+                return shed, intent, served
+
+    shed, intent, served = asyncio.run(scenario())
+    assert shed.status_code == 503 and shed.json()["error"]["code"] == "overloaded"
+    assert shed.headers["retry-after"] == "1" and "in flight" in shed.json()["error"]["message"]
+    assert intent.status_code == 503  # every /v1 route shares the slots
+    assert served.status_code == 200, served.text
+    assert registry.get_sample_value("kefu_gateway_shed_total", {"route": "/v1/chat"}) == 1
+    assert registry.get_sample_value("kefu_gateway_shed_total", {"route": "/v1/intent"}) == 1

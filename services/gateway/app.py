@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.faq.admin import create_admin_router
 from services.faq.store import FaqStore
+from services.gateway.admission import Admission
 from services.gateway.cache import ResponseCache
 from services.gateway.edge import Edge, EdgeSettings
 from services.gateway.errors import ApiError
@@ -190,6 +191,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        admission.reset()
         await pool.start()
         await pool.refresh()
         if canary is not None:
@@ -227,10 +229,17 @@ def create_app(
     app.state.canary = canary
     edge.install(app)
     app.add_middleware(TimingMiddleware, metrics=metrics)
+    admission = Admission(settings.max_inflight, settings.admission_wait_s, 1, metrics)
+    app.state.admission = admission
     chat_scope = Depends(edge.require("chat"))
+    admitted = Depends(admission)
 
     @app.post(
-        "/v1/chat", response_model=ChatResponse, responses=ERRORS, tags=["v1"], dependencies=[chat_scope]
+        "/v1/chat",
+        response_model=ChatResponse,
+        responses=ERRORS,
+        tags=["v1"],
+        dependencies=[chat_scope, admitted],
     )
     async def chat(body: ChatRequest, request: Request):
         """One customer message in a session: the reply to show and what the support flow should do."""
@@ -259,7 +268,11 @@ def create_app(
         )
 
     @app.post(
-        "/v1/intent", response_model=IntentResponse, responses=ERRORS, tags=["v1"], dependencies=[chat_scope]
+        "/v1/intent",
+        response_model=IntentResponse,
+        responses=ERRORS,
+        tags=["v1"],
+        dependencies=[chat_scope, admitted],
     )
     async def intent(body: TextsRequest, request: Request):
         """Intent of each text (one or a list)."""
@@ -276,7 +289,7 @@ def create_app(
         response_model=SentimentResponse,
         responses=ERRORS,
         tags=["v1"],
-        dependencies=[chat_scope],
+        dependencies=[chat_scope, admitted],
     )
     async def sentiment(body: TextsRequest, request: Request):
         """Sentiment of each text (one or a list)."""
@@ -293,7 +306,7 @@ def create_app(
         response_model=FaqSearchResponse,
         responses=ERRORS,
         tags=["v1"],
-        dependencies=[chat_scope],
+        dependencies=[chat_scope, admitted],
     )
     async def faq_search(body: FaqSearchRequest, request: Request):
         """The best FAQs for each query (one or a list), best first."""

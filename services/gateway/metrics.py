@@ -17,6 +17,7 @@ names/versions, actions, hand-over reasons, tenant ids and the models' own label
 | kefu_gateway_handoffs_total | counter | reason | hand-overs by reason (handoff rate = this / actions_total) |
 | kefu_gateway_cache_requests_total | counter | result | response cache lookups: hit, miss |
 | kefu_gateway_rate_limited_total | counter | tenant | requests refused with 429 by the per-key rate limit |
+| kefu_gateway_shed_total | counter | route | requests refused with 503 `overloaded` by admission control |
 | kefu_gateway_degraded_total | counter | mode | answers given while degraded: faq_down, intent_down, sentiment_down |
 | kefu_gateway_model_requests_total | counter | model, version, role, outcome | model calls by served version; role stable/canary/shadow |
 | kefu_gateway_model_duration_seconds | histogram | model, version, role | latency of those calls |
@@ -55,6 +56,7 @@ METRIC_NAMES = [
     f"{GATEWAY}_handoffs_total",
     f"{GATEWAY}_cache_requests_total",
     f"{GATEWAY}_rate_limited_total",
+    f"{GATEWAY}_shed_total",
     f"{GATEWAY}_degraded_total",
     f"{GATEWAY}_model_requests_total",
     f"{GATEWAY}_model_duration_seconds",
@@ -107,6 +109,9 @@ class GatewayMetrics:
         self.cache = Counter(f"{GATEWAY}_cache_requests", "Response cache lookups", ("result",), **kw)
         self.rate_limited = Counter(
             f"{GATEWAY}_rate_limited", "Requests refused by the per-key rate limit", ("tenant",), **kw
+        )
+        self.shed = Counter(
+            f"{GATEWAY}_shed", "Requests refused with 503 overloaded by admission control", ("route",), **kw
         )
         self.degraded = Counter(
             f"{GATEWAY}_degraded", "Answers given while an upstream is down", ("mode",), **kw

@@ -127,6 +127,15 @@ class GatewaySettings(BaseSettings):
 
     # ── degradation ───────────────────────────────────────────────────────────────────────────────────
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 when every upstream is down")
+    max_inflight: int = Field(
+        64,
+        ge=0,
+        description="admission control: /v1 requests inside this process at once; more wait for a slot up to "
+        "`admission_wait_s`, then get 503 overloaded (0 = no limit)",
+    )
+    admission_wait_s: float = Field(
+        0.5, ge=0, description="longest a /v1 request waits for a slot before 503 overloaded (Retry-After: 1)"
+    )
 
     @field_validator("routing_file", mode="before")
     @classmethod
