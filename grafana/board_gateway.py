@@ -116,8 +116,11 @@ def gateway() -> dict:
             maximum=1,
         ),
         Panel(
-            "Rate-limit rejections (429) by tenant",
-            [q(f"sum by (tenant) (rate(kefu_gateway_rate_limited_total[{RI}]))", "{{tenant}}")],
+            "Rate-limit rejections (429) by tenant, overload shedding (503)",
+            [
+                q(f"sum by (tenant) (rate(kefu_gateway_rate_limited_total[{RI}]))", "429 {{tenant}}"),
+                q(f"sum by (route) (rate(kefu_gateway_shed_total[{RI}]))", "503 overloaded {{route}}"),
+            ],
             unit="reqps",
         ),
         Panel(
