@@ -72,7 +72,7 @@ from services.faq.admin_schemas import (
     export_chunks,
     parse_import,
 )
-from services.faq.admin_service import ADMIN_SCOPE, FaqAdmin, Reindexer, _now  # noqa: F401
+from services.faq.admin_service import ADMIN_SCOPE, Bm25Refresher, FaqAdmin, Reindexer, _now  # noqa: F401
 from services.faq.domain import FaqEntry, InvalidFaq
 from services.faq.store import Embedder, FaqStore
 
@@ -89,7 +89,7 @@ def create_admin_router(
     *,
     settings: FaqAdminSettings | None = None,
     reindexer: Reindexer | None = None,
-    bm25_refresher: Reindexer | None = None,
+    bm25_refresher: Bm25Refresher | None = None,
 ) -> APIRouter:
     """The admin routes over `store`, embedding with `embedder`; `auth` is a FastAPI dependency that raises
     `Unauthorized` / `Forbidden` (e.g. `require_admin_key(...)`). `reindexer` enables `POST /reindex`

@@ -43,6 +43,9 @@ audit = logging.getLogger("services.faq.admin.audit")
 READ_PAGE = 1000  # FAQs per store.list call when the whole knowledge base is read
 Reindexer = Callable[[list[FaqEntry]], Any]
 """Rebuilds the store's collection from these entries (e.g. `milvus_reindexer`); returns a report."""
+Bm25Refresher = Callable[[Callable[[], list[FaqEntry]]], Any]
+"""Given a reader of the whole knowledge base, rebuilds the collection if its store needs it (reading only then);
+returns a report, or None when nothing was needed."""
 
 
 # ── the service behind the routes (no HTTP) ─────────────────────────────────────────────────────────
@@ -61,7 +64,7 @@ class FaqAdmin:
         embedder: Embedder,
         settings: FaqAdminSettings,
         reindexer: Reindexer | None = None,
-        bm25_refresher: Reindexer | None = None,
+        bm25_refresher: Bm25Refresher | None = None,
     ):
         self.store, self.embedder, self.settings, self.reindexer = store, embedder, settings, reindexer
         self.bm25_refresher = bm25_refresher
@@ -110,8 +113,7 @@ class FaqAdmin:
             return  # a re-index rebuilds everything anyway
         try:
             async with self._lock:
-                entries = await run_in_threadpool(self.read_all)
-                report = await run_in_threadpool(self.bm25_refresher, entries)
+                report = await run_in_threadpool(self.bm25_refresher, self.read_all)
             if report is not None:
                 log.info("FAQ BM25 statistics refreshed (collection rebuilt in one segment): %s", report)
         except asyncio.CancelledError:

@@ -94,19 +94,20 @@ def kb_reindexer(kb: KnowledgeBase) -> Callable[[list[FaqEntry]], Any] | None:
     return run
 
 
-def kb_bm25_refresher(kb: KnowledgeBase) -> Callable[[list[FaqEntry]], Any] | None:
+def kb_bm25_refresher(kb: KnowledgeBase) -> Callable[[Callable[[], list[FaqEntry]]], Any] | None:
     """After admin writes: rebuild the collection from its stored vectors (no encoder calls) when the store
-    needs it for BM25 to rank new FAQs right (milvus-lite; `MilvusFaqStore.bm25_needs_rebuild_after_writes`)."""
+    needs it for BM25 to rank new FAQs right (milvus-lite; `MilvusFaqStore.bm25_needs_rebuild_after_writes`).
+    Other stores cost nothing: the knowledge base is read only when a rebuild is due."""
     factory = kb._reindexer
     if factory is None:
         return None
 
-    def run(entries: list[FaqEntry]):
+    def run(read_entries: Callable[[], list[FaqEntry]]):
         store = kb.store
         if kb.embedder is None or not getattr(store, "bm25_needs_rebuild_after_writes", False):
             return None
         from services.faq.reindex import StoredVectors
 
-        return factory(StoredVectors(store, kb.embedder.version))(entries)
+        return factory(StoredVectors(store, kb.embedder.version))(read_entries())
 
     return run
