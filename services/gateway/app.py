@@ -27,7 +27,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.datastructures import MutableHeaders
@@ -231,16 +231,15 @@ def create_app(
     app.add_middleware(TimingMiddleware, metrics=metrics)
     admission = Admission(settings.max_inflight, settings.admission_wait_s, 1, metrics)
     app.state.admission = admission
-    chat_scope = Depends(edge.require("chat"))
-    admitted = Depends(admission)
-
-    @app.post(
-        "/v1/chat",
-        response_model=ChatResponse,
-        responses=ERRORS,
+    # every /v1 route: the `chat` scope (and the per-key rate limit), then a slot from admission control
+    v1 = APIRouter(
+        prefix="/v1",
         tags=["v1"],
-        dependencies=[chat_scope, admitted],
+        responses=ERRORS,
+        dependencies=[Depends(edge.require("chat")), Depends(admission)],
     )
+
+    @v1.post("/chat", response_model=ChatResponse)
     async def chat(body: ChatRequest, request: Request):
         """One customer message in a session: the reply to show and what the support flow should do."""
         check_session_id(body.session_id)
@@ -267,13 +266,7 @@ def create_app(
             slots=dict(result.session.slots),
         )
 
-    @app.post(
-        "/v1/intent",
-        response_model=IntentResponse,
-        responses=ERRORS,
-        tags=["v1"],
-        dependencies=[chat_scope, admitted],
-    )
+    @v1.post("/intent", response_model=IntentResponse)
     async def intent(body: TextsRequest, request: Request):
         """Intent of each text (one or a list)."""
         texts = edge.check_texts(_texts(body.text), field="text")
@@ -284,13 +277,7 @@ def create_app(
         results = [IntentOut(label=p.label, confidence=p.confidence) for p in preds]
         return IntentResponse(request_id=request.state.request_id, model_version=version, results=results)
 
-    @app.post(
-        "/v1/sentiment",
-        response_model=SentimentResponse,
-        responses=ERRORS,
-        tags=["v1"],
-        dependencies=[chat_scope, admitted],
-    )
+    @v1.post("/sentiment", response_model=SentimentResponse)
     async def sentiment(body: TextsRequest, request: Request):
         """Sentiment of each text (one or a list)."""
         texts = edge.check_texts(_texts(body.text), field="text")
@@ -301,13 +288,7 @@ def create_app(
         results = [_sentiment(p, orchestrator.negative_score(p)) for p in preds]
         return SentimentResponse(request_id=request.state.request_id, model_version=version, results=results)
 
-    @app.post(
-        "/v1/faq/search",
-        response_model=FaqSearchResponse,
-        responses=ERRORS,
-        tags=["v1"],
-        dependencies=[chat_scope, admitted],
-    )
+    @v1.post("/faq/search", response_model=FaqSearchResponse)
     async def faq_search(body: FaqSearchRequest, request: Request):
         """The best FAQs for each query (one or a list), best first."""
         texts = edge.check_texts(_texts(body.text), field="text")
@@ -324,6 +305,8 @@ def create_app(
             ) from None
         results = [FaqSearchResult(hits=[_hit(h) for h in per_text]) for per_text in hits]
         return FaqSearchResponse(request_id=request.state.request_id, model_version=version, results=results)
+
+    app.include_router(v1)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz():
