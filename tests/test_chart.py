@@ -5,10 +5,8 @@ checkov is not run here (own venv, `make chart-check`); everything else helm/ci/
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,9 @@ import yaml
 
 helm_python = pytest.importorskip("helm_python")
 
-ROOT = Path(__file__).resolve().parent.parent
-CHART = ROOT / "helm"
+from tests.chart_files import CHART, chart_check, pin_version  # noqa: E402 (after the importorskip)
 
-
-def _load_check():
-    spec = importlib.util.spec_from_file_location("kefu_chart_check", CHART / "ci" / "check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load_check()
+check = chart_check()
 SCENARIOS = check.scenarios()
 _cache: dict[str, object] = {}
 
@@ -364,13 +352,6 @@ def test_k8s_is_the_rendered_production_profile():
     assert any("differs" in p for p in problems) and any("not rendered" in p for p in problems)
 
 
-def _load_pin():
-    spec = importlib.util.spec_from_file_location("kefu_pin_version", CHART / "files" / "pin_version.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pin_version_builds_a_one_version_view_the_worker_reads(tmp_path):
     from services.runtime.repository import ModelRepository, verify_manifest, write_manifest
 
@@ -386,7 +367,7 @@ def test_pin_version_builds_a_one_version_view_the_worker_reads(tmp_path):
         "outputs: [{name: embedding, datatype: FP32, dims: [-1, 128]}]\n"
         "max_batch_size: 64\nmax_seq_len: 48\nembedding_dim: 128\nversion_policy: {latest: 1}\n"
     )
-    pin = _load_pin()
+    pin = pin_version()
     assert pin.main([str(tmp_path / "src"), str(tmp_path / "view"), "faq", "2"]) == 0
     view = ModelRepository(tmp_path / "view")
     assert view.versions("faq") == [2] and view.serving_versions("faq") == [2]

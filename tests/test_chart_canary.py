@@ -5,30 +5,18 @@ AnalysisTemplate whose PromQL is generated from services/canary/promql.py (with 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 helm_python = pytest.importorskip("helm_python")
 
-ROOT = Path(__file__).resolve().parent.parent
-CHART = ROOT / "helm"
+from tests.chart_files import CHART, chart_check  # noqa: E402 (after the importorskip)
 
-
-def _load_check():
-    spec = importlib.util.spec_from_file_location("kefu_chart_check_canary", CHART / "ci" / "check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load_check()
+check = chart_check()
 CANARY_ON = check.load_values(check.scenarios()["canary-on"])
 
 
