@@ -29,7 +29,7 @@ class Clock:
 def make_pool(urls=(A, B), clock=None, **overrides):
     fake = FakeWorkers(list(urls))
     workers = {role: list(urls) for role in ("intent", "sentiment", "faq")}
-    settings = GatewaySettings(workers=workers, breaker_failures=2, breaker_reset_s=5, **overrides)
+    settings = GatewaySettings(workers=workers, **{"breaker_failures": 2, "breaker_reset_s": 5, **overrides})
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry)
     pool = WorkerPool(settings, metrics, transport=fake.transport, **({"clock": clock} if clock else {}))
@@ -223,3 +223,47 @@ def test_a_custom_router_chooses_the_version_and_role():
         )
         == 1
     )
+
+
+def test_half_open_trials_come_back_at_a_short_growing_interval_capped_at_the_maximum():
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, reset_timeout_s=0.5, max_reset_timeout_s=2.0, clock=clock)
+    b.record_failure()
+    waits = []
+    for _ in range(5):  # a long outage: every trial fails
+        waited = 0.0
+        while not b.allow():
+            clock.now += 0.25  # exact in binary: no drift
+            waited += 0.25
+        waits.append(waited)
+        b.record_failure()
+    assert waits == [0.5, 1.0, 2.0, 2.0, 2.0]
+    clock.now += 2.0
+    assert b.allow()
+    b.record_success()  # the upstream is back: the next outage starts short again
+    b.record_failure()
+    assert not b.allow()
+    clock.now += 0.5
+    assert b.allow()
+
+
+def test_a_replica_back_after_a_long_outage_serves_again_within_two_seconds_by_default():
+    clock = Clock()
+    defaults = {
+        name: GatewaySettings.model_fields[name].default for name in ("breaker_reset_s", "breaker_failures")
+    }
+    fake, pool, _ = make_pool(urls=(A,), clock=clock, retries=0, **defaults)
+    fake.replica(A).mode = "down"
+    for _ in range(60):  # a minute of outage, one request a second
+        with pytest.raises(UpstreamError):
+            run(pool.infer("intent", ["你好"]))
+        clock.now += 1.0
+    fake.replica(A).mode = "ok"
+    back_at = clock.now
+    while True:
+        try:
+            run(pool.infer("intent", ["你好"]))
+            break
+        except UpstreamError:
+            clock.now += 0.1
+    assert clock.now - back_at <= 2.0

@@ -177,6 +177,7 @@ class WorkerPool:
             self.settings.breaker_reset_s,
             clock=clock,
             on_change=lambda state: gauge.set(int(state)),
+            max_reset_timeout_s=max(self.settings.breaker_reset_max_s, self.settings.breaker_reset_s),
         )
         self.metrics.upstream_up.labels(label).set(1)
         return Replica(url, label, breaker)
