@@ -96,7 +96,10 @@ class KnowledgeBase:
         self.error: str | None = "not prepared yet"
         gauge = metrics.circuit_state.labels(STORE)
         self.breaker = CircuitBreaker(
-            settings.breaker_failures, settings.breaker_reset_s, on_change=lambda s: gauge.set(int(s))
+            settings.breaker_failures,
+            settings.breaker_reset_s,
+            on_change=lambda s: gauge.set(int(s)),
+            max_reset_timeout_s=max(settings.breaker_reset_max_s, settings.breaker_reset_s),
         )
         self._lock = asyncio.Lock()
 

@@ -57,7 +57,15 @@ class GatewaySettings(BaseSettings):
         description="consecutive failures (connect error, timeout, 5xx) that open a replica's breaker",
     )
     breaker_reset_s: float = Field(
-        10.0, gt=0, description="seconds an open breaker refuses calls before one half-open trial"
+        0.5,
+        gt=0,
+        description="seconds a newly opened breaker refuses calls before one half-open trial; each failed trial "
+        "doubles the wait, up to breaker_reset_max_s",
+    )
+    breaker_reset_max_s: float = Field(
+        2.0,
+        gt=0,
+        description="longest wait between half-open trials: a replica that comes back is used again within this",
     )
     refresh_interval_s: float = Field(
         5.0,
