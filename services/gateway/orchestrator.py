@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from services.common.logthrottle import LogThrottle
 from services.faq.domain import FaqHit
 from services.gateway.cache import ResponseCache, cache_key
 from services.gateway.errors import ApiError
@@ -72,6 +73,9 @@ class Orchestrator:
     ):
         self.settings, self.policy, self.models, self.kb = settings, policy, models, kb
         self.sessions, self.cache, self.metrics = sessions, cache, metrics
+        self._degraded_log = LogThrottle(
+            log, settings.log_repeat_interval_s
+        )  # one line per part per interval
 
     # ── cache ───────────────────────────────────────────────────────────────────────────────────────
 
@@ -81,7 +85,7 @@ class Orchestrator:
         try:
             value = await self.cache.get(cache_key(role, text, {role: version}))
         except Exception as e:  # noqa: BLE001 - a cache outage costs latency, not answers
-            log.warning("cache get failed: %s", type(e).__name__)
+            self._degraded_log.warning("cache get", "cache get failed: %s", type(e).__name__)
             value = None
         self.metrics.cache.labels("hit" if value is not None else "miss").inc()
         return value
@@ -92,7 +96,7 @@ class Orchestrator:
         try:
             await self.cache.set(cache_key(role, text, {role: version}), value)
         except Exception as e:  # noqa: BLE001
-            log.warning("cache set failed: %s", type(e).__name__)
+            self._degraded_log.warning("cache set", "cache set failed: %s", type(e).__name__)
 
     # ── one model over a list of texts ──────────────────────────────────────────────────────────────
 
@@ -158,7 +162,7 @@ class Orchestrator:
         for name, result in zip(names, results, strict=True):
             if isinstance(result, (UpstreamError, FaqUnavailable)):
                 degraded.append(DOWN_MODES[name])
-                log.warning("chat turn degraded, %s: %s", name, result)
+                self._degraded_log.warning(name, "chat turn degraded, %s: %s", name, result)
             elif isinstance(result, BaseException):
                 raise result
             else:

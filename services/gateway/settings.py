@@ -67,6 +67,12 @@ class GatewaySettings(BaseSettings):
         gt=0,
         description="longest wait between half-open trials: a replica that comes back is used again within this",
     )
+    log_repeat_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="a failure that repeats (an upstream down, a degraded chat turn) is logged once per this "
+        "interval per upstream, with a count of the repeats held back",
+    )
     refresh_interval_s: float = Field(
         5.0,
         gt=0,

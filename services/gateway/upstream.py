@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from services.common.logthrottle import LogThrottle
 from services.gateway.breaker import BreakerState, CircuitBreaker
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
@@ -152,6 +153,9 @@ class WorkerPool:
         self.info: dict[str, ModelInfo] = {}
         self._turn = {role: itertools.count() for role in ROLES}
         self._refresh_lock = asyncio.Lock()
+        self._failure_log = LogThrottle(
+            log, settings.log_repeat_interval_s, clock
+        )  # one line per replica per interval
 
     def _new_client(self) -> httpx.AsyncClient:
         s = self.settings
@@ -250,7 +254,9 @@ class WorkerPool:
                 last = UpstreamError(upstream, "error", message, response.status_code)
             replica.breaker.record_failure()
             self._observe(upstream, last.outcome, started)
-            log.warning("%s call to %s failed: %s", upstream, replica.label, last.message)
+            self._failure_log.warning(
+                replica.label, "%s call to %s failed: %s", upstream, replica.label, last.message
+            )
         if last is None:
             self.metrics.upstream_duration.labels(upstream, "circuit_open").observe(0)
             raise UpstreamError(upstream, "circuit_open", "every replica's circuit breaker is open")
@@ -289,7 +295,13 @@ class WorkerPool:
                         self.info[role] = await self._metadata(role, replica)
                         break
                     except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-                        log.warning("metadata of %s from %s: %s", self.models[role], replica.label, e)
+                        self._failure_log.warning(
+                            f"metadata {replica.label}",
+                            "metadata of %s from %s: %s",
+                            self.models[role],
+                            replica.label,
+                            e,
+                        )
             return dict(self.info)
 
     async def _probe(self, role: str, replica: Replica) -> None:
