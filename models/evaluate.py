@@ -20,17 +20,9 @@ import numpy as np
 from models.baselines import bm25_retrieval, tfidf_logreg, tfidf_retrieval
 from models.corpus import DataError, load_classification, load_pairs, retrieval_split
 from models.metrics import classification_report, retrieval_report
-from services.runtime.repository import ModelRepository, ModelVersion, RepositoryError, Task
+from services.faq.records import open_version  # also re-exported: `models.evaluate.open_version`
+from services.runtime.repository import ModelVersion, RepositoryError, Task
 from services.runtime.runner import PaddleRunner, RunnerSettings
-
-
-def open_version(path: Path) -> ModelVersion:
-    path = path.resolve()
-    if (path / "config.yaml").is_file():
-        return ModelRepository(path.parent).open(path.name)
-    if path.name.isdigit() and (path.parent / "config.yaml").is_file():
-        return ModelRepository(path.parent.parent).open(path.parent.name, int(path.name))
-    raise RepositoryError(f"{path}: neither a model folder (with config.yaml) nor one of its version folders")
 
 
 def predict(runner: PaddleRunner, texts: list[str], batch_size: int = 64) -> np.ndarray:

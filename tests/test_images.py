@@ -1,12 +1,14 @@
-"""Static checks of the Dockerfiles (docker/*.Dockerfile): no image can be built or pulled on this machine (no
-registry access), so each file is parsed and checked for what the issue asks of an image: pinned bases,
-multi-stage build, non-root USER, a wired HEALTHCHECK, COPY sources that exist in the build context, and no
-training or test packages in a serving image (which also means no serving import of them)."""
+"""Static checks of the Dockerfiles (docker/*.Dockerfile): each file is parsed and checked for what the issue asks
+of an image: pinned bases, multi-stage build, non-root USER, a wired HEALTHCHECK, COPY sources that exist in the
+build context, no training or test packages in a serving image, and an import graph of every entry point (the
+image's own and the chart's commands run in it) that stays inside the code the image copies and never reaches
+training code. tests/test_image_run.py runs what each serving image holds."""
 
 from __future__ import annotations
 
 import ast
 import fnmatch
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -224,3 +226,135 @@ def _external_imports(roots: list[str]) -> set[str]:
                 elif name.split(".")[0] != "__future__":
                     external.add(name.split(".")[0])
     return external
+
+
+# ── the whole import graph of each image's entry points ──────────────────────────────────────────────────
+
+TRAINING_CODE = {"models", "export"}  # serving images never import these (training may import serving code)
+FIRST_PARTY = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+IMAGE_VALUES = {
+    "gateway": "gateway",
+    "workerCpu": "worker-cpu",
+    "workerGpu": "worker-gpu",
+}  # chart images.<key>
+_TOPS = "|".join(sorted(FIRST_PARTY))
+IMPORT_STRING = re.compile(rf"^((?:{_TOPS})(?:\.\w+)+):\w+$")  # uvicorn's "pkg.mod:attr"
+
+
+def _json_list(text: str) -> list[str]:
+    return json.loads(text) if text.startswith("[") else text.split()
+
+
+def copied_packages(image: str) -> set[str]:
+    """Top-level folders the final stage copies from the build context (`COPY services/ /app/services/`)."""
+    _, stages = parse(dockerfiles()[image])
+    copies = [rest for instr, rest in stages[-1].instructions if instr == "COPY" and "--from=" not in rest]
+    return {src.strip("/").split("/")[0] for c in copies for src in c.split()[:-1]}
+
+
+def image_entry_points(image: str) -> list[str]:
+    """Modules the image runs: its ENTRYPOINT + CMD (`python -m X`), plus every `python -m` command the chart
+    runs in it (e.g. the canary analysis Job in the gateway image)."""
+    _, stages = parse(dockerfiles()[image])
+    final = stages[-1].instructions
+    argv = [a for instr, rest in final if instr in ("ENTRYPOINT", "CMD") for a in _json_list(rest)]
+    assert argv[:2] == ["python", "-m"], f"{image}: expected ENTRYPOINT python -m …, got {argv}"
+    modules = [argv[2]]
+    for tpl in sorted((ROOT / "helm" / "templates").rglob("*.yaml")) + sorted(
+        (ROOT / "helm" / "templates").rglob("*.tpl")
+    ):
+        image_key = None
+        for line in tpl.read_text("utf-8").splitlines():
+            if m := re.search(r"image:.*\.Values\.images\.(\w+)", line):
+                image_key = m.group(1)
+            if (m := re.search(r'command: \["python", "-m", "([\w.]+)"', line)) and image_key:
+                if IMAGE_VALUES.get(image_key) == image:
+                    modules.append(m.group(1))
+    return [m if _module_file(m + ".__main__") is None else m + ".__main__" for m in modules]
+
+
+def _if_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports_of(path: Path, module: str) -> list[tuple[str, int]]:
+    """Every first-party module `path` imports anywhere (module level, functions, try blocks; not under
+    `if TYPE_CHECKING`), with the line: a lazy import runs too, just later. Import strings such as uvicorn's
+    "services.gateway.app:create_app_from_env" and `importlib.import_module("…")` count as imports."""
+    tree = ast.parse(path.read_text("utf-8"))
+    skipped = {id(n) for t in ast.walk(tree) if _if_type_checking(t) for b in t.body for n in ast.walk(b)}
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}")]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if m := IMPORT_STRING.match(node.value):
+                names = [m.group(1)]
+        elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith("import_module") and node.args:
+            if isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+        found += [(n, node.lineno) for n in names if n.split(".")[0] in FIRST_PARTY]
+    return found
+
+
+def import_graph(roots: list[str]) -> dict[str, str]:
+    """Every first-party module the roots reach, each with how it was first reached ("importer:line")."""
+    reached: dict[str, str] = {}
+    todo = [(r, "entry point") for r in roots]
+    while todo:
+        module, via = todo.pop()
+        parts = module.split(".")
+        for name in [".".join(parts[: i + 1]) for i in range(len(parts))]:  # packages run their __init__
+            if name in reached:
+                continue
+            reached[name] = via
+            path = _module_file(name)
+            if path is not None:
+                todo += [(m, f"{path.relative_to(ROOT)}:{line}") for m, line in _imports_of(path, name)]
+    return reached
+
+
+def test_import_graph_follows_lazy_imports_and_import_strings(tmp_path):
+    graph = import_graph(["services.gateway.__main__"])
+    assert graph["services.gateway.app"].startswith(
+        "services/gateway/__main__.py:"
+    )  # uvicorn's import string
+    assert "services.faq.thresholds" in graph  # module-level import of a module-level import
+    lazy = import_graph(["services.faq.thresholds"])
+    assert "services.faq.embedders" in lazy  # imported inside main()
+
+
+@pytest.mark.parametrize("image", sorted(dockerfiles()))
+def test_every_entry_point_imports_only_code_the_image_copies(image):
+    roots = image_entry_points(image)
+    graph = import_graph(roots)
+    copied = copied_packages(image)
+    outside = {m: via for m, via in graph.items() if m.split(".")[0] not in copied}
+    assert not outside, f"{image} ({roots}) imports code it does not copy ({sorted(copied)}): {outside}"
+    missing = {m: via for m, via in graph.items() if _module_file(m) is None}
+    assert not missing, f"{image}: imports of modules that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("image", sorted(SERVING))
+def test_serving_images_never_reach_training_code(image):
+    roots = image_entry_points(image)
+    assert roots[0] in ("services.gateway.__main__", "services.worker.__main__")
+    if image == "gateway":
+        assert "services.canary.__main__" in roots  # the chart's canary analysis Job runs in this image
+    graph = import_graph(roots)
+    app = roots[0].replace("__main__", "app")
+    assert app in graph, sorted(
+        graph
+    )  # the walk reaches the app (uvicorn's import string), not just __main__
+    training = {m: via for m, via in graph.items() if m.split(".")[0] in TRAINING_CODE}
+    assert not training, f"{image}: serving code imports training code: {training}"

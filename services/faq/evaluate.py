@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.corpus import DataError, load_pairs, retrieval_split
 from services.faq.domain import FaqEntry, phrasing_key
 from services.faq.embedders import LocalEmbedder
 from services.faq.milvus_store import MilvusFaqStore
+from services.faq.records import DataError, load_pairs, open_version, retrieval_split
 from services.runtime.repository import RepositoryError
 
 MODES = ("dense", "bm25", "hybrid")
@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="matching pairs {text_a, text_b, label}")
     p.add_argument("--model", type=Path, default=Path("model_repository/faq"), help="exported FAQ encoder")
     args = p.parse_args(argv)
-    from models.evaluate import open_version
 
     try:
         if args.data.is_dir():

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.corpus import DataError, read_records
 from services.faq.domain import read_faq_jsonl
+from services.faq.records import DataError, read_records
 
 THRESHOLDS_FILE = "thresholds.json"
 
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "--write", action="store_true", help=f"store under the version in <model>/{THRESHOLDS_FILE}"
     )
     args = p.parse_args(argv)
-    from models.evaluate import open_version
     from services.faq.embedders import LocalEmbedder
+    from services.faq.records import open_version
     from services.runtime.repository import RepositoryError
 
     try:
