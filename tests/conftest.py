@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny ERNIE models trained in seconds on the repo's own demo data, exported once per session."""
+"""Shared fixtures: tiny ERNIE models trained in seconds on the repo's own demo data, exported once per session.
+Also installs the skip gate (tests/skip_gate.py): a run with a skip not in tests/allowed_skips.toml fails."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.skip_gate import install as install_skip_gate
+
 os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    install_skip_gate(config)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
