@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pymilvus import MilvusException
 
-from services.faq.domain import FaqEntry, ModeNotSupported, ReindexFailed, kb_terms
+from services.faq.domain import FaqEntry, ModeNotSupported, ReindexFailed, StoreUnavailable, kb_terms
 from services.faq.milvus_store import MilvusFaqStore
 from services.faq.reindex import reindex
 from services.faq.store import embed_entries
@@ -225,50 +225,69 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def lite_server(tmp_path):
-    exe = Path(sys.executable).parent / "milvus-lite"
-    if not exe.exists():
-        pytest.skip(f"no milvus-lite executable beside {sys.executable}")
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                str(exe),
-                "server",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+class LiteServer:
+    """A `milvus-lite server` process on a loopback port, over `data_dir`; it can be killed and started again on
+    the same port and data (what a crash and a restart by its supervisor look like to clients)."""
+
+    def __init__(self, data_dir: Path, log_path: Path):
+        self.exe = Path(sys.executable).parent / "milvus-lite"
+        self.data_dir, self.log_path, self.port = data_dir, log_path, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        assert self.exe.exists(), f"no milvus-lite executable beside {sys.executable}"
+        argv = [str(self.exe), "server", "--data-dir", str(self.data_dir)]
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [*argv, "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while True:
-            if proc.poll() is not None:
-                pytest.skip(f"milvus-lite server exited {proc.returncode}: {log_path.read_text()[-500:]}")
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"milvus-lite server exited {self.proc.returncode}: {self.log_path.read_text()[-500:]}"
+                )
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
             except OSError:
-                if time.monotonic() > deadline:
-                    pytest.skip(
-                        f"milvus-lite server not listening within 30 s: {log_path.read_text()[-500:]}"
-                    )
+                assert time.monotonic() < deadline, (
+                    f"milvus-lite server not listening within 30 s: {self.log_path.read_text()[-500:]}"
+                )
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed or released."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
         try:
-            proc.wait(10)
+            self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            self.kill()
+
+
+@pytest.fixture
+def lite(tmp_path):
+    server = LiteServer(tmp_path / "data", tmp_path / "server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def lite_server(lite):
+    return lite.uri
 
 
 CHILD = textwrap.dedent(
@@ -314,6 +333,63 @@ def test_milvus_lite_server_is_shared_by_processes(lite_server):
         assert store.physical_collection == report.collection and store.count() == 20
     finally:
         store.close()
+
+
+def until_ok(call, within_s: float):
+    """`call()`'s result once it stops raising, polled every 0.1 s; the last error when `within_s` runs out."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return call()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_store_recovers_when_the_milvus_lite_server_restarts(lite):
+    """Killed and restarted on the same port and data: the server comes back with every collection released.
+    The same client (no reopen) must search, read and write again within seconds, and `probe()` say so."""
+    store = loaded(lite.uri, KB[:20])
+    vector = V1.embed([QUERY])[0]
+    try:
+        assert store.search(QUERY, vector, 1)[0].faq_id == "faq-004" and store.probe() is None
+        lite.kill()
+        with pytest.raises(StoreUnavailable):
+            store.search(QUERY, vector, 1)
+        assert store.probe() is not None  # readiness sees the outage
+        lite.start()
+        back = time.monotonic()
+        assert until_ok(lambda: store.search(QUERY, vector, 1), within_s=15)[0].faq_id == "faq-004"
+        assert time.monotonic() - back < 15
+        assert store.search(QUERY, None, 1, "bm25")[0].faq_id == "faq-004"
+        assert store.count() == 20 and store.get("faq-004").faq_id == "faq-004"
+        assert store.health()["ok"] is True and store.probe() is None
+        new = FaqEntry(faq_id="faq-900", question="门店几点开门", answer="本店只在线上经营。")
+        store.upsert([new], embed_entries(V1, [new]))
+        assert store.search(new.question, V1.embed([new.question])[0], 1)[0].faq_id == "faq-900"
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_probe_loads_a_released_collection_without_search_traffic(lite):
+    """Readiness probes alone bring a restarted server's collection back (no search needed first)."""
+    store = loaded(lite.uri, KB[:5])
+    try:
+        lite.kill()
+        lite.start()
+        assert until_ok(lambda: _probe_ok(store), within_s=15) is None
+        state = store._client.raw.get_load_state(store.physical_collection)["state"]
+        assert state.name == "Loaded"
+    finally:
+        store.close()
+
+
+def _probe_ok(store: MilvusFaqStore) -> None:
+    if (problem := store.probe()) is not None:
+        raise StoreUnavailable(problem)
 
 
 def test_rebuild_from_stored_vectors_fixes_bm25_ranking_of_faqs_written_after_a_flush(tmp_path):

@@ -10,14 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pymilvus import MilvusClient
 
 from services.faq.domain import FaqError, StoreUnavailable
 
 log = logging.getLogger(__name__)
+# pymilvus logs every failed RPC at ERROR with a full traceback (one per search while a server is down); the
+# store turns each failure into `StoreUnavailable` and its callers report an outage once per interval.
+# Its connection manager adds a traceback per failed reconnect (WARNING).
+logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+logging.getLogger("pymilvus.client.connection_manager").setLevel(logging.ERROR)
 
 _lock = threading.Lock()
 _users: dict[str, int] = {}  # absolute .db path -> open connections in this process
@@ -38,6 +45,41 @@ def is_missing(error: Exception) -> bool:
     """The error says a collection (or alias target) does not exist."""
     msg = str(error).lower()
     return getattr(error, "code", None) == 100 or "not exist" in msg or "not found" in msg
+
+
+def is_not_loaded(error: Exception) -> bool:
+    """The error says the collection is not loaded: a restarted milvus-lite server keeps no load state
+    ("Collection '…' is in state 'released'"), Milvus says "collection not loaded" (code 101 on both)."""
+    msg = str(error).lower()
+    return getattr(error, "code", None) == 101 or "released" in msg or "not loaded" in msg
+
+
+class ReloadingClient:
+    """A `MilvusClient` whose data calls (search, query, writes) that find their collection not loaded call
+    `reload()` (load it again) and retry once; every other attribute is the client's own."""
+
+    DATA_CALLS = frozenset(
+        {"search", "hybrid_search", "query", "query_iterator", "get", "delete", "upsert", "insert"}
+    )
+
+    def __init__(self, client: MilvusClient, reload: Callable[[], None]):
+        self.raw, self._reload = client, reload
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.raw, name)
+        if name not in self.DATA_CALLS:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except Exception as e:
+                if not is_not_loaded(e):
+                    raise
+                self._reload()
+            return attr(*args, **kwargs)
+
+        return call
 
 
 class MilvusConnection:

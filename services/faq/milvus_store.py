@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -52,7 +53,7 @@ from services.faq.domain import (
     StoreUnavailable,
     phrasing_key,
 )
-from services.faq.milvus_conn import MilvusConnection, backend_call, is_missing
+from services.faq.milvus_conn import MilvusConnection, ReloadingClient, backend_call, is_missing
 from services.faq.milvus_schema import (
     ENTRY_FIELDS,
     PROP_EMBEDDER,
@@ -120,8 +121,9 @@ class MilvusFaqStore(FaqStore):
         self._admin_consistency = admin_consistency_level
         self._closed, self._name = False, None
         self._via_alias, self.bm25_supported = False, False
+        self._reload_lock = threading.Lock()
         self._conn = MilvusConnection(uri, token, timeout_s)
-        self._client = self._conn.client
+        self._client = ReloadingClient(self._conn.client, self._reload)
         self.backend, self.server_version = self._conn.backend, self._conn.server_version
         try:
             self._open(physical_collection, create_if_missing)
@@ -282,6 +284,20 @@ class MilvusFaqStore(FaqStore):
             info["error"] = e.message if isinstance(e, FaqError) else str(e)
         return info
 
+    def probe(self) -> str | None:
+        """None when a search can run now, else why not. One cheap call (the load state of the collection behind
+        the alias); a collection a restarted server released is loaded again here, so readiness and recovery
+        need no search traffic."""
+        try:
+            target = self.physical_collection
+            with backend_call("get_load_state"):
+                loaded = _is_loaded(self._client.get_load_state(target))
+            if not loaded:
+                self._reload()
+            return None
+        except FaqError as e:
+            return e.message
+
     def close(self) -> None:
         if self._closed:
             return
@@ -336,6 +352,19 @@ class MilvusFaqStore(FaqStore):
             self._client.flush(self.physical_collection)
 
     # ── internals ───────────────────────────────────────────────────────────────────────────────────
+
+    def _reload(self) -> None:
+        """Load the collection behind the alias again: a restarted milvus-lite server keeps no load state (every
+        search then fails with "in state 'released'"), and Milvus loses it when its meta store did. Serialised;
+        a caller that waited finds it loaded and does nothing."""
+        with self._reload_lock:
+            target = self.physical_collection
+            with backend_call("load_collection"):
+                if _is_loaded(self._client.get_load_state(target)):
+                    return
+                log.warning("FAQ store: collection %s is not loaded (server restarted?): loading it", target)
+                self._client.load_collection(target, timeout=self._timeout)
+            log.info("FAQ store: collection %s loaded again", target)
 
     def _open(self, physical: str | None, create: bool) -> None:
         if physical is not None:
@@ -465,3 +494,8 @@ class MilvusFaqStore(FaqStore):
     def _properties(self) -> dict[str, Any]:
         with backend_call("describe_collection"):
             return dict(self._client.describe_collection(self.physical_collection).get("properties") or {})
+
+
+def _is_loaded(state: dict[str, Any]) -> bool:
+    value = state.get("state")
+    return getattr(value, "name", str(value)) == "Loaded"

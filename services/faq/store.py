@@ -102,6 +102,12 @@ class FaqStore(ABC):
     def health(self) -> dict[str, Any]:
         """`ok`, `backend`, `collection`, `bm25_supported`, `rows` (phrasings), `faqs`; never raises."""
 
+    def probe(self) -> str | None:
+        """None when a search can run now, else why not; cheaper than `health()` (readiness calls it often).
+        Never raises."""
+        info = self.health()
+        return None if info.get("ok") else str(info.get("error") or "store unhealthy")
+
     @abstractmethod
     def close(self) -> None:
         """Release connections (persisting what the backend buffers). Idempotent."""
