@@ -6,6 +6,7 @@ import pytest
 from services.runtime.repository import ModelRepository
 from services.worker.backends import PaddleBackend
 from services.worker.engine_process import EngineProcessBackend
+from services.worker.errors import EngineUnavailable
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ def test_engine_process_answers_like_in_process(model_repo):
         assert engine.infer(ids[:1])["probs"].shape == (1, len(version.labels))
     finally:
         engine.close()
-    with pytest.raises(RuntimeError, match="not running"):
+    with pytest.raises(EngineUnavailable, match="not running"):
         engine.infer(ids)
 
 

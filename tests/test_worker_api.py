@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.runtime.repository import ModelRepository, write_manifest
-from services.worker.app import create_app
+from services.worker.app import create_worker_app
 from services.worker.backends import FakeBackend, PaddleBackend
 from services.worker.manager import ModelManager
 from services.worker.metrics import METRIC_NAMES, WorkerMetrics
@@ -38,14 +38,23 @@ async def worker(repo, backend_factory=None, start=True, **settings):
     else:
         factory = backend_factory or (lambda v: FakeBackend(v))
     manager = ModelManager(ModelRepository(repo), cfg, metrics, backend_factory=factory)
-    app = create_app(cfg, manager, metrics, registry)
+    app = create_worker_app(cfg, manager, metrics, registry)
     if start:
         await manager.start()
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=30) as client:
-        client.manager = manager
+    internal_url = f"http://worker:{cfg.internal_port}"  # PortDispatch picks the internal app by port
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=30) as client,
+        httpx.AsyncClient(transport=transport, base_url=internal_url, timeout=30) as internal,
+    ):
+        client.manager, client.internal = manager, internal
         yield client
     await manager.close()
+
+
+CONTROL_TOKEN = "test-control-token-0123456789"
+CONTROL = {"model_control_mode": "explicit", "model_control_token": CONTROL_TOKEN}
+AUTH = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
 
 
 def run(coro):
@@ -167,7 +176,7 @@ def test_errors_are_4xx_naming_the_problem(model_repo, path, body, status, messa
 
 def test_non_json_and_oversized_bodies(model_repo):
     async def main():
-        async with worker(model_repo, max_request_bytes=2048) as c:
+        async with worker(model_repo, max_body_bytes=2048) as c:
             bad = await c.post(
                 "/v2/models/intent/infer", content=b"{not json", headers={"content-type": "application/json"}
             )
@@ -176,7 +185,7 @@ def test_non_json_and_oversized_bodies(model_repo):
 
     bad, big = run(main())
     assert bad.status_code == 400 and "invalid inference request" in bad.json()["error"]
-    assert big.status_code == 413 and "exceeds 2048" in big.json()["error"]
+    assert big.status_code == 413 and "over the limit of 2048 bytes" in big.json()["error"]
 
 
 def test_queue_full_answers_429_with_retry_after_at_once(model_repo):
@@ -282,7 +291,9 @@ def test_hot_reload_under_concurrent_load_fails_no_request(model_repo, tmp_path)
     shutil.copytree(model_repo, repo)
 
     async def main():
-        async with worker(repo, "default", warmup=True, models="intent", max_queue_delay_ms=1) as c:
+        async with worker(
+            repo, "default", warmup=True, models="intent", max_queue_delay_ms=1, **CONTROL
+        ) as c:
             stop = asyncio.Event()
             results = []
 
@@ -299,7 +310,7 @@ def test_hot_reload_under_concurrent_load_fails_no_request(model_repo, tmp_path)
             await asyncio.sleep(0.3)
             shutil.copytree(repo / "intent" / "1", repo / "intent" / "2")  # a new version appears on disk
             write_manifest(repo / "intent" / "2")
-            loaded = await c.post("/v2/repository/models/intent/load")
+            loaded = await c.post("/v2/repository/models/intent/load", headers=AUTH)
             await asyncio.sleep(0.3)
             stop.set()
             await asyncio.gather(*clients)
@@ -321,12 +332,12 @@ def test_failed_reload_keeps_the_old_version_serving(model_repo, tmp_path):
     shutil.copytree(model_repo, repo)
 
     async def main():
-        async with worker(repo, models="intent") as c:
+        async with worker(repo, models="intent", **CONTROL) as c:
             shutil.copytree(repo / "intent" / "1", repo / "intent" / "2")  # no fresh manifest: files tampered
             (repo / "intent" / "2" / "labels.txt").write_text("x\n", encoding="utf-8")
-            failed = await c.post("/v2/repository/models/intent/load")
+            failed = await c.post("/v2/repository/models/intent/load", headers=AUTH)
             still = await c.post("/v2/models/intent/infer", json=infer_body(["在吗"]))
-            unloaded = await c.post("/v2/repository/models/intent/unload")
+            unloaded = await c.post("/v2/repository/models/intent/unload", headers=AUTH)
             gone = await c.post("/v2/models/intent/infer", json=infer_body(["在吗"]))
             index = await c.post("/v2/repository/index")
             return failed, still, unloaded, gone, index
@@ -365,9 +376,10 @@ def test_metrics_use_the_documented_names(model_repo):
         async with worker(model_repo) as c:
             await c.post("/v2/models/intent/infer", json=infer_body(["在吗", "退款"]))
             await c.post("/v2/models/intent/infer", json=infer_body(["x"], datatype="INT64"))
-            return (await c.get("/metrics")).text
+            return (await c.internal.get("/metrics")).text, (await c.get("/metrics")).status_code
 
-    text = run(main())
+    text, public_status = run(main())
+    assert public_status == 404  # metrics are on the internal port only
     for name in METRIC_NAMES:
         assert name in text, name
     assert 'kefu_worker_request_success_total{model="intent",version="1"} 1.0' in text

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -30,10 +31,15 @@ from services.runtime.tokenizer import ErnieTextTokenizer, TokenizerSettings
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 MODEL_FILES = ("inference.json", "inference.pdiparams")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one path component; never "." or ".."
 
 
 class RepositoryError(Exception):
     """The model repository is malformed, or a version cannot be used."""
+
+
+class InvalidModelName(RepositoryError):
+    """A model name that is not one plain folder name inside the repository (e.g. `..`, `a/b`, a symlink out)."""
 
 
 class ManifestError(RepositoryError):
@@ -201,14 +207,27 @@ class ModelRepository:
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / CONFIG).is_file())
 
+    def model_dir(self, name: str) -> Path:
+        """`<root>/<name>`, once `name` matches MODEL_NAME and the resolved folder is proven to lie inside the
+        resolved root (a symlink pointing out of the repository is refused too). Messages never name the root."""
+        if not MODEL_NAME.fullmatch(name):
+            raise InvalidModelName(
+                f"invalid model name {name[:64]!r}: letters, digits, '.', '_' and '-' only, starting with a "
+                "letter or digit, at most 128 characters"
+            )
+        root = self.root.resolve()
+        if not (root / name).resolve().is_relative_to(root):
+            raise InvalidModelName(f"model {name!r} points outside the model repository")
+        return self.root / name
+
     def config(self, name: str) -> ModelConfig:
-        path = self.root / name / CONFIG
+        path = self.model_dir(name) / CONFIG
         if not path.is_file():
-            raise RepositoryError(f"no model named {name!r} in {self.root}")
+            raise RepositoryError(f"no model named {name!r} in the repository")
         return ModelConfig.load(path)
 
     def versions(self, name: str) -> list[int]:
-        model_dir = self.root / name
+        model_dir = self.model_dir(name)
         return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
     def serving_versions(self, name: str) -> list[int]:
@@ -221,4 +240,4 @@ class ModelRepository:
             if not serving:
                 raise RepositoryError(f"model {name!r} has no version its version policy serves")
             version = serving[-1]
-        return ModelVersion(self.root / name, version, config, verify=verify)
+        return ModelVersion(self.model_dir(name), version, config, verify=verify)

@@ -6,36 +6,46 @@
     GET  /v2/models/{name}[/versions/{v}]/ready    model readiness
     POST /v2/models/{name}[/versions/{v}]/infer    inference: one BYTES input of UTF-8 texts
     POST /v2/repository/index                      models in the repository and their state
-    POST /v2/repository/models/{name}/load|unload  hot (re)load per version policy | unload
-    GET  /metrics                                  Prometheus
+    POST /v2/repository/models/{name}/load|unload  hot (re)load per version policy | unload: 403 unless
+                                                   model_control_mode=explicit, then a bearer token (401)
+    GET  /docs, /openapi.json                      only with docs_enabled
+
+The internal app (its own port, `internal_port`: Prometheus and probes) serves GET /metrics and
+/v2/health/live|ready; `create_worker_app` puts both behind one ASGI app that picks by the listening port.
+Readiness is live: a model whose engine is dead or hung is not ready (`ServedVersion.ready_now`).
 
 Errors have the protocol's body `{"error": "..."}`; this module alone maps domain errors to status codes.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
 from services.runtime.repository import ModelRepository, Task
+from services.worker.edge import AccessLogMiddleware, install_body_limit, set_header_limit
 from services.worker.errors import (
     BatchTooLarge,
+    ControlDisabled,
     DeadlineExceeded,
+    EngineUnavailable,
     InferenceFailed,
     InvalidInput,
     LoadFailed,
     ModelNotFound,
     ModelNotReady,
     Overloaded,
+    Unauthenticated,
     WorkerError,
 )
 from services.worker.manager import ModelManager, ServedVersion
@@ -58,10 +68,13 @@ STATUS = {
     InvalidInput: 400,
     LoadFailed: 400,
     ModelNotFound: 404,
+    Unauthenticated: 401,
+    ControlDisabled: 403,
     BatchTooLarge: 413,
     Overloaded: 429,
     InferenceFailed: 500,
     ModelNotReady: 503,
+    EngineUnavailable: 503,
     DeadlineExceeded: 504,
 }
 INPUT_NAME = "text"
@@ -72,6 +85,8 @@ def error_response(error: WorkerError) -> JSONResponse:
     headers = {}
     if retry := getattr(error, "retry_after_s", None):
         headers["Retry-After"] = str(retry)
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"error": error.message}, status_code=status, headers=headers)
 
 
@@ -188,31 +203,37 @@ def create_app(
         yield
         await manager.close()
 
-    app = FastAPI(title="kefu inference worker", version="1.0", lifespan=lifespan)
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="kefu inference worker",
+        version="1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.manager = manager
+    _install_edge(app, settings)
 
-    @app.exception_handler(WorkerError)
-    async def _domain_error(_: Request, e: WorkerError):
-        return error_response(e)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, e: RequestValidationError):
-        return error_response(InvalidInput(_describe_validation(e)))
+    async def model_control(request: Request) -> None:
+        """Triton's --model-control-mode: none refuses load / unload; explicit takes a bearer token."""
+        if settings.model_control_mode != "explicit" or settings.model_control_token is None:
+            raise ControlDisabled(
+                "model control is disabled on this worker (model_control_mode=none): models load at start; "
+                "set model_control_mode=explicit and a model_control_token to allow load / unload"
+            )
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        expected = settings.model_control_token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise Unauthenticated(
+                "load / unload need the header `Authorization: Bearer <model control token>`"
+            )
 
     @app.get("/v2", response_model=ServerMetadataResponse)
     async def server_metadata():
         return ServerMetadataResponse(name="kefu-worker", version="1.0", extensions=["model_repository"])
 
-    @app.get("/v2/health/live", response_model=LiveResponse)
-    async def live():
-        return LiveResponse(live=True)
-
-    @app.get("/v2/health/ready", response_model=ReadyResponse)
-    async def ready():
-        ok = manager.is_ready()
-        return JSONResponse(
-            ReadyResponse(ready=ok).model_dump(exclude_none=True), status_code=200 if ok else 503
-        )
+    _health_routes(app, manager)
 
     @app.get("/v2/models/{name}", response_model=ModelMetadataResponse)
     @app.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadataResponse)
@@ -237,11 +258,7 @@ def create_app(
     @app.get("/v2/models/{name}/ready", response_model=ReadyResponse)
     @app.get("/v2/models/{name}/versions/{version}/ready", response_model=ReadyResponse)
     async def model_ready(name: str, version: str | None = None):
-        try:
-            manager.get(name, _version(version))
-            ok = True
-        except (ModelNotFound, ModelNotReady):
-            ok = False
+        ok = await manager.ready_now(name, _version(version))
         return JSONResponse(ReadyResponse(name=name, ready=ok).model_dump(), status_code=200 if ok else 503)
 
     @app.post("/v2/models/{name}/infer", response_model=InferenceResponse)
@@ -250,12 +267,10 @@ def create_app(
         started = time.perf_counter()
         served = manager.get(name, _version(version))
         labels = (served.name, str(served.number))
+        body = await request.body()  # over max_body_bytes, the body limit answers 413 and this never returns
         inflight = metrics.inflight.labels(*labels)
         inflight.inc()
         try:
-            body = await request.body()
-            if len(body) > settings.max_request_bytes:
-                raise BatchTooLarge(f"request body of {len(body)} bytes exceeds {settings.max_request_bytes}")
             req, texts, wanted = parse_texts(body, served)
             rows = await served.infer(texts, settings.request_timeout_ms / 1000)
             payload = build_response(served, req, rows, wanted)
@@ -284,15 +299,53 @@ def create_app(
             for n in sorted(set(on_disk) | set(manager.names()))
         ]
 
-    @app.post("/v2/repository/models/{name}/load")
+    @app.post("/v2/repository/models/{name}/load", dependencies=[Depends(model_control)])
     async def load(name: str):
         versions = await manager.load(name)
         return {"name": name, "versions": [str(v) for v in versions], "state": "READY"}
 
-    @app.post("/v2/repository/models/{name}/unload")
+    @app.post("/v2/repository/models/{name}/unload", dependencies=[Depends(model_control)])
     async def unload(name: str):
         await manager.unload(name)
         return {"name": name, "state": "UNAVAILABLE"}
+
+    return app
+
+
+def _install_edge(app: FastAPI, settings: WorkerSettings) -> None:
+    """Body limit, access log and the one error map, the same on both ports."""
+    install_body_limit(app, settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware)
+
+    @app.exception_handler(WorkerError)
+    async def _domain_error(_: Request, e: WorkerError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, e: RequestValidationError):
+        return error_response(InvalidInput(_describe_validation(e)))
+
+
+def _health_routes(app: FastAPI, manager: ModelManager) -> None:
+    @app.get("/v2/health/live", response_model=LiveResponse)
+    async def live():
+        return LiveResponse(live=True)
+
+    @app.get("/v2/health/ready", response_model=ReadyResponse)
+    async def ready():
+        ok = await manager.ready_now()
+        return JSONResponse(
+            ReadyResponse(ready=ok).model_dump(exclude_none=True), status_code=200 if ok else 503
+        )
+
+
+def create_internal_app(
+    settings: WorkerSettings, manager: ModelManager, registry: CollectorRegistry | None = None
+) -> FastAPI:
+    """The internal port's app: GET /metrics (Prometheus) and /v2/health/live|ready (probes); nothing else."""
+    app = FastAPI(title="kefu inference worker (internal)", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_edge(app, settings)
+    _health_routes(app, manager)
 
     @app.get("/metrics")
     async def prometheus_metrics():
@@ -301,7 +354,39 @@ def create_app(
     return app
 
 
-def create_app_from_env() -> FastAPI:
-    """uvicorn factory for `python -m services.worker` (each server process builds its own app)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(WorkerSettings())
+class PortDispatch:
+    """One ASGI app for both listening sockets: requests that arrived on `internal_port` go to `internal`,
+    the rest (and the lifespan, which loads the models) to `public`. `scope["server"]` is the local address."""
+
+    def __init__(self, public: FastAPI, internal: FastAPI, internal_port: int):
+        self.public, self.internal, self.internal_port = public, internal, internal_port
+        self.state = public.state
+
+    async def __call__(self, scope, receive, send) -> None:
+        server = scope.get("server")
+        if scope["type"] != "lifespan" and server and server[1] == self.internal_port:
+            return await self.internal(scope, receive, send)
+        return await self.public(scope, receive, send)
+
+
+def create_worker_app(
+    settings: WorkerSettings,
+    manager: ModelManager | None = None,
+    metrics: WorkerMetrics | None = None,
+    registry: CollectorRegistry | None = None,
+) -> PortDispatch:
+    """The public app and the internal app over one manager and one set of metrics."""
+    metrics = metrics or WorkerMetrics(registry)
+    manager = manager or ModelManager(ModelRepository(settings.repository), settings, metrics)
+    public = create_app(settings, manager, metrics, registry)
+    return PortDispatch(public, create_internal_app(settings, manager, registry), settings.internal_port)
+
+
+def create_app_from_env() -> PortDispatch:
+    """uvicorn factory for `python -m services.worker` (each server process builds its own apps)."""
+    settings = WorkerSettings()
+    set_header_limit(settings.max_header_bytes)  # this process's connections are made after this returns
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return create_worker_app(settings)

@@ -31,7 +31,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.worker.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from services.worker.errors import DeadlineExceeded, InferenceFailed, Overloaded, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,12 @@ class DynamicBatcher:
         self._queue.clear()
         if self._owns_executor:
             self._executor.shutdown(wait=False)
+
+    async def run_exclusive(self, fn: Callable[[], Any], timeout_s: float) -> Any:
+        """Run `fn` on the engine thread between two batches (never beside one): a health probe. Raises
+        TimeoutError if it has not finished within `timeout_s` (the thread may still be busy with it)."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self._executor, fn), timeout_s)
 
     @property
     def depth(self) -> int:
@@ -253,7 +259,8 @@ class DynamicBatcher:
                     raise InferenceFailed(f"backend returned {len(results)} outputs for {len(batch)} inputs")
             except Exception as e:  # noqa: BLE001 - a failing batch fails its own entries only
                 log.exception("%s: batch of %d failed", self.name, len(batch))
-                error = e if isinstance(e, InferenceFailed) else InferenceFailed(f"inference failed: {e}")
+                # a domain error (the engine is hung or gone: 503) keeps its meaning; anything else is a 500
+                error = e if isinstance(e, WorkerError) else InferenceFailed(f"inference failed: {e}")
                 for entry in batch:
                     if not entry.future.done():
                         entry.future.set_exception(error)

@@ -8,7 +8,9 @@ computes, and each batch takes everything that queued meanwhile (the router / en
 The parent side implements the same `Backend` interface; calls travel over a `multiprocessing` pipe (a batch of
 int64 ids out, float32 outputs back: a few KB, far cheaper than the forward pass). The batcher calls `infer`
 from its single worker thread, one batch at a time; a lock keeps that true for `health()` too. If the engine
-process dies, calls fail with a clear error (the batch fails, the server lives) until the version is reloaded.
+process dies, calls fail with `EngineUnavailable` (503: the batch fails, the server lives) until the version is
+reloaded. A call the engine does not answer within `call_timeout_s` means a hung engine (a deadlock, a stopped
+process): it is killed, so the pipe never carries a stale answer and the watchdog replaces it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import logging
 import multiprocessing as mp
 import os
 import threading
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 
 import numpy as np
 
 from services.runtime.repository import ModelRepository
+from services.worker.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120
@@ -55,8 +59,16 @@ def _serve(conn: Connection, repository: str, name: str, version: int, kind: str
 class EngineProcessBackend:
     """A backend living in a child process (spawned: no inherited threads or Paddle state)."""
 
-    def __init__(self, repository: str, name: str, version: int, kind: str = "paddle"):
+    def __init__(
+        self,
+        repository: str,
+        name: str,
+        version: int,
+        kind: str = "paddle",
+        call_timeout_s: float | None = None,
+    ):
         self.name = f"{kind}/process"
+        self.call_timeout_s = call_timeout_s  # None: wait as long as the engine takes
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         env = {k: v for k, v in os.environ.items() if k.startswith(("KEFU_RUNNER_", "MKL_", "OMP_", "GLOG_"))}
@@ -81,17 +93,34 @@ class EngineProcessBackend:
     def _call(self, op: str, payload=None):
         with self._lock:
             if not self._proc.is_alive():
-                raise RuntimeError(
-                    f"engine process {self._proc.name} is not running (exit code {self._proc.exitcode})"
+                raise EngineUnavailable(
+                    f"engine process {self._proc.name} is not running (exit code {self._proc.exitcode}); "
+                    "it is being restarted"
                 )
             try:
                 self._conn.send((op, payload))
+                if self.call_timeout_s is not None and not self._conn.poll(self.call_timeout_s):
+                    self._proc.kill()  # hung: an answer arriving later would be read as the next call's
+                    self._proc.join(timeout=5)
+                    raise EngineUnavailable(
+                        f"engine process {self._proc.name} did not answer within {self.call_timeout_s:g} s; "
+                        "it was stopped and is being restarted"
+                    )
                 status, result = self._conn.recv()
             except (EOFError, OSError, BrokenPipeError) as e:
-                raise RuntimeError(f"engine process {self._proc.name} died: {e}") from e
+                raise EngineUnavailable(f"engine process {self._proc.name} died ({type(e).__name__})") from e
         if status != "ok":
             raise RuntimeError(result)
         return result
+
+    @contextmanager
+    def patient(self):
+        """No call timeout inside (warm-up: a first TensorRT shape can take minutes to build)."""
+        timeout, self.call_timeout_s = self.call_timeout_s, None
+        try:
+            yield
+        finally:
+            self.call_timeout_s = timeout
 
     def infer(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         return self._call("infer", input_ids)

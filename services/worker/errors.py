@@ -1,4 +1,4 @@
-"""Domain errors of the worker. No HTTP here: `services/worker/http.py` maps them to status codes."""
+"""Domain errors of the worker. No HTTP here: `services/worker/app.py` maps them to status codes."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ class ModelNotReady(WorkerError):
     """The model is loading or warming up (HTTP 503, retry)."""
 
     retry_after_s = 1
+
+
+class EngineUnavailable(WorkerError):
+    """The engine behind a model version is dead or hung (HTTP 503, retry): it is being replaced."""
+
+    retry_after_s = 1
+
+
+class Unauthenticated(WorkerError):
+    """A control route without the right bearer token (HTTP 401)."""
+
+
+class ControlDisabled(WorkerError):
+    """Repository control (load / unload) is off: `model_control_mode` is `none` (HTTP 403)."""
 
 
 class Overloaded(WorkerError):

@@ -7,16 +7,25 @@ left the policy drain (requests in flight finish on them) and close. A failed lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
 
-from services.runtime.repository import ModelConfig, ModelRepository, ModelVersion, RepositoryError, Task
+from services.runtime.repository import (
+    InvalidModelName,
+    ModelConfig,
+    ModelRepository,
+    ModelVersion,
+    RepositoryError,
+    Task,
+)
 from services.worker.backends import Backend, create_backend
 from services.worker.batcher import BatcherConfig, DynamicBatcher
-from services.worker.errors import LoadFailed, ModelNotFound, ModelNotReady
+from services.worker.errors import EngineUnavailable, InvalidInput, LoadFailed, ModelNotFound, ModelNotReady
 from services.worker.metrics import WorkerMetrics
 from services.worker.settings import WorkerSettings
 
@@ -40,6 +49,12 @@ class ServedVersion:
         cap = settings.max_batch_size or self.config.max_batch_size
         self.max_batch_size = min(cap, self.config.max_batch_size, backend.max_batch_size)
         self.output_names = [o.name for o in self.config.outputs]
+        self.engine_timeout_s = settings.engine_timeout_s
+        self.ready_cache_s = settings.ready_cache_s
+        self.ready_probe_timeout_s = settings.ready_probe_timeout_s
+        self._busy_since: float | None = None  # monotonic start of the batch in the engine now, if any
+        self._last_ok = -math.inf  # monotonic end of the last batch or probe the engine answered
+        self._probed_at, self._probe_ok = -math.inf, False
         self.batcher = DynamicBatcher(
             self._run,
             BatcherConfig(
@@ -63,7 +78,12 @@ class ServedVersion:
     def _run(self, items: list[list[int]]) -> list[dict[str, np.ndarray]]:
         """Blocking: one padded batch through the engine, split back into one output dict per text."""
         ids = self.tokenizer.pad(items, pad_to=self._padded_width(max(len(x) for x in items)))
-        outputs = self.backend.infer(ids)
+        self._busy_since = time.monotonic()
+        try:
+            outputs = self.backend.infer(ids)
+        finally:
+            self._busy_since = None
+        self._last_ok = time.monotonic()
         missing = [n for n in self.output_names if n not in outputs]
         if missing:
             raise RuntimeError(f"engine returned no {missing}")
@@ -73,16 +93,46 @@ class ServedVersion:
         """Every length bucket at batch 1 and at the largest batch, so no live request pays for a first shape."""
         tok = self.tokenizer
         widths = sorted({*range(self.seq_bucket, self.max_seq_len + 1, self.seq_bucket), self.max_seq_len})
-        for width in widths:
-            row = [tok.cls_id] + [tok.unk_id] * (width - 2) + [tok.sep_id]
-            for batch in sorted({1, self.max_batch_size}):
-                self._run([row] * batch)
+        with getattr(self.backend, "patient", contextlib.nullcontext)():
+            for width in widths:
+                row = [tok.cls_id] + [tok.unk_id] * (width - 2) + [tok.sep_id]
+                for batch in sorted({1, self.max_batch_size}):
+                    self._run([row] * batch)
 
     @property
     def alive(self) -> bool:
         """False once the engine behind this version is gone (an engine process that died)."""
         check = getattr(self.backend, "alive", None)
         return bool(check()) if check is not None else True
+
+    @property
+    def hung(self) -> bool:
+        """A batch has been in the engine longer than `engine_timeout_s` (an in-process engine cannot be killed)."""
+        busy = self._busy_since
+        return busy is not None and time.monotonic() - busy > self.engine_timeout_s
+
+    async def ready_now(self) -> bool:
+        """Can this version serve now? A dead or hung engine cannot; an engine that answered a batch or a
+        probe within `ready_cache_s`, or is inside a batch shorter than `engine_timeout_s`, can; otherwise one
+        tiny input goes through it between batches (`ready_probe_timeout_s`), and the answer is kept
+        `ready_cache_s`."""
+        if not self.alive:
+            return False
+        now = time.monotonic()
+        if self._busy_since is not None:
+            return not self.hung
+        if now - self._last_ok < self.ready_cache_s:
+            return True
+        if now - self._probed_at < self.ready_cache_s:
+            return self._probe_ok
+        self._probed_at = now
+        try:
+            await self.batcher.run_exclusive(self.backend.health, self.ready_probe_timeout_s)
+            self._probe_ok, self._last_ok = True, time.monotonic()
+        except Exception as e:  # noqa: BLE001 - any failure (timeout, dead engine, engine error) means not ready
+            log.warning("%s v%s: readiness probe failed: %s", self.name, self.number, type(e).__name__)
+            self._probe_ok = False
+        return self._probe_ok
 
     async def close(self, drain: bool = True) -> None:
         """Stop the batcher (letting queued texts finish when `drain`), then release the engine."""
@@ -93,7 +143,12 @@ class ServedVersion:
 
     async def infer(self, texts: list[str], timeout_s: float) -> list[dict[str, np.ndarray]]:
         """All texts of a request are admitted together or refused together; if one fails, the rest are
-        cancelled (and dropped by the batcher before they cost engine time)."""
+        cancelled (and dropped by the batcher before they cost engine time). A dead or hung engine refuses at
+        once (503) instead of queueing texts it will never run."""
+        if not self.alive or self.hung:
+            raise EngineUnavailable(
+                f"the engine of {self.name!r} version {self.number} is not answering; it is being restarted"
+            )
         self.batcher.reserve(len(texts))
         ids = self.tokenizer.encode_ids(texts)
         tasks = [asyncio.ensure_future(self.batcher.submit(x, len(x), timeout_s)) for x in ids]
@@ -127,7 +182,13 @@ class ModelManager:
         if self.settings.engine_process and self.settings.backend == "paddle":
             from services.worker.engine_process import EngineProcessBackend
 
-            return EngineProcessBackend(str(self.repository.root), version.name, version.version, "paddle")
+            return EngineProcessBackend(
+                str(self.repository.root),
+                version.name,
+                version.version,
+                "paddle",
+                call_timeout_s=self.settings.engine_timeout_s,
+            )
         return create_backend(self.settings.backend, version)
 
     # ---- queries ---------------------------------------------------------------------------------------
@@ -157,6 +218,37 @@ class ModelManager:
             versions = self._serving.get(name)
             return bool(versions) and all(v.alive for v in versions.values())
         return all(self.is_ready(n) for n in self._wanted) and not self._loading
+
+    async def ready_now(self, name: str | None = None, version: int | None = None) -> bool:
+        """Live readiness: every wanted model (or `name`, or one of its versions) loaded and able to serve now
+        (`ServedVersion.ready_now`: a dead or hung engine is not ready). Updates `kefu_worker_model_ready`."""
+        if name is None:
+            if self._loading:
+                return False
+            results = [await self.ready_now(n) for n in self._wanted]
+            return all(results)
+        if version is None:
+            versions = list(self._serving.get(name, {}).values())
+        else:
+            one = self._serving.get(name, {}).get(version)
+            versions = [one] if one is not None else []
+        if not versions:
+            return False
+        ok = True
+        for served in versions:
+            served_ok = await served.ready_now()
+            self.metrics.ready.labels(served.name, str(served.number)).set(1 if served_ok else 0)
+            ok = ok and served_ok
+        return ok
+
+    def public_message(self, error: Exception) -> str:
+        """An error's text without the repository's location (it names `intent/2`, never `/srv/…/intent/2`)."""
+        text = str(error)
+        for root in sorted(
+            {str(self.repository.root.resolve()), str(self.repository.root)}, key=len, reverse=True
+        ):
+            text = text.replace(root + "/", "").replace(root, "<repository>")
+        return text
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -195,6 +287,10 @@ class ModelManager:
 
     async def load(self, name: str) -> list[int]:
         """Load (or reload) the versions the policy selects; returns the versions now serving."""
+        try:
+            self.repository.model_dir(name)
+        except InvalidModelName as e:
+            raise InvalidInput(str(e)) from None
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             self._loading.add(name)
@@ -208,7 +304,8 @@ class ModelManager:
             config = self.repository.config(name)
             wanted = config.version_policy.select(self.repository.versions(name))
         except (RepositoryError, OSError) as e:
-            raise LoadFailed(f"cannot load {name!r}: {e}") from e
+            log.error("cannot load %r: %s", name, e)
+            raise LoadFailed(f"cannot load {name!r}: {self.public_message(e)}") from e
         if not wanted:
             raise LoadFailed(f"cannot load {name!r}: its version policy selects no version on disk")
         current = self._serving.get(name, {})
@@ -223,7 +320,8 @@ class ModelManager:
         except Exception as e:
             for served in fresh.values():
                 await served.close(drain=False)
-            raise LoadFailed(f"cannot load {name!r}: {e}") from e
+            log.error("cannot load %r: %s", name, e)
+            raise LoadFailed(f"cannot load {name!r}: {self.public_message(e)}") from e
         for served in fresh.values():
             served.batcher.start()
         serving = {n: fresh.get(n) or current[n] for n in wanted}
@@ -248,6 +346,10 @@ class ModelManager:
         log.info("%s: version %s retired", served.name, served.number)
 
     async def unload(self, name: str) -> None:
+        try:
+            self.repository.model_dir(name)
+        except InvalidModelName as e:
+            raise InvalidInput(str(e)) from None
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             versions = self._serving.pop(name, None)
