@@ -121,11 +121,16 @@ async def test_demo_key_works_in_development(tmp_path):
 
 
 def token(claims: dict, key: str = SECRET, alg: str = "HS256") -> str:
-    return jwt.encode({"sub": "user-7", "tenant": "jwt-co", "exp": int(time.time()) + 60, **claims}, key, alg)
+    now = int(time.time())
+    return jwt.encode({"sub": "user-7", "tenant": "jwt-co", "iat": now, "exp": now + 60, **claims}, key, alg)
 
 
 async def test_jwt_valid_expired_bad_signature_scope(tmp_path):
-    app = make_app(make_edge(tmp_path, jwt_secret=SECRET, jwt_issuer="kefu-idp", jwt_audience="kefu"))
+    app = make_app(
+        make_edge(
+            tmp_path, jwt_secret=SECRET, jwt_issuer="kefu-idp", jwt_audience="kefu", jwt_tenants="jwt-co,t"
+        )
+    )
     good = {"iss": "kefu-idp", "aud": "kefu", "scope": "chat"}
     async with client(app) as c:
         r = await c.post(
@@ -169,7 +174,7 @@ async def test_jwt_rs256(tmp_path):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (tmp_path / "pub.pem").write_bytes(pem)
-    app = make_app(make_edge(tmp_path, jwt_public_key_file=tmp_path / "pub.pem"))
+    app = make_app(make_edge(tmp_path, jwt_public_key_file=tmp_path / "pub.pem", jwt_tenants=["jwt-co"]))
     async with client(app) as c:
         tok = token({"scope": "chat"}, key=private, alg="RS256")
         r = await c.post("/v1/texts", json={"texts": ["hi"]}, headers={"Authorization": f"Bearer {tok}"})

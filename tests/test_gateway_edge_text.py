@@ -277,7 +277,9 @@ def test_production_refuses_weak_jwt_secrets(tmp_path, jwt, message):
 
 def test_production_accepts_real_secrets_and_development_accepts_the_demo(tmp_path):
     keys = own_keys(tmp_path, sha256_hex("a real key"))
-    s = EdgeSettings(mode="production", api_keys_file=keys, jwt_secret="Qm9v3S1x" * 5)
+    s = EdgeSettings(
+        mode="production", api_keys_file=keys, jwt_secret="Qm9v3S1xT7pL2wZ8rK4dN6bH0jF5cV1yX3gA9eU2"
+    )
     Edge(s, GatewayMetrics(CollectorRegistry()))
     dev = EdgeSettings(jwt_secret="change-me")  # development: allowed (with a warning for the demo key)
     assert dev.mode == "development" and dev.jwt_on

@@ -180,12 +180,16 @@ def _route_class(settings: FaqAdminSettings) -> type[APIRoute]:
             handler = super().get_route_handler()
             bulk = getattr(self.endpoint, "_kefu_bulk_body", False)
             limit = settings.max_import_bytes if bulk else settings.max_body_bytes
+            # authentication that needs only the headers runs before the body is read (401 before 400/413)
+            before_body = [d.dependency for d in self.dependencies if hasattr(d.dependency, "before_body")]
 
             async def route(request: Request) -> Response:
                 rid = request_id_of(request)
                 request.state.request_id = rid
                 try:
                     declared = request.headers.get("content-length", "")
+                    for dependency in before_body:
+                        await dependency.before_body(request)
                     if declared.isdigit() and int(declared) > limit:
                         raise PayloadTooLarge(f"request body of {declared} bytes is over {limit} bytes")
                     response = await handler(Request(request.scope, _limited(request.receive, limit)))
@@ -226,13 +230,18 @@ def require_admin_key(
         log.warning("FAQ admin API: no admin keys configured, every request will be refused")
 
     async def admin_key(request: Request) -> AdminPrincipal:
+        admitted = getattr(request.state, "admin_principal", None)
+        if isinstance(admitted, AdminPrincipal):  # checked before the body (AdminRoute)
+            return admitted
         header = request.headers.get("authorization")
         if not header:
             raise Unauthorized("missing credentials: send Authorization: Bearer <admin key>")
         scheme, _, token = header.partition(" ")
-        token = token.strip()
+        token = token.strip(" \t")  # ASCII blanks only: a key with a non-ASCII space is refused, not trimmed
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("Authorization must be 'Bearer <admin key>'")
+        if not re.fullmatch(r"[\x20-\x7e]+", token):
+            raise Unauthorized("invalid admin key: only printable ASCII is allowed")
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
         found = None
         for known, scopes in table:  # every digest is compared: timing does not say which one matched
@@ -243,9 +252,10 @@ def require_admin_key(
         if scope not in found[1]:
             raise Forbidden(f"this key lacks the {scope} scope")
         principal = AdminPrincipal(found[0][:12], found[1])
-        request.state.principal = principal
+        request.state.principal = request.state.admin_principal = principal
         return principal
 
+    admin_key.before_body = admin_key  # type: ignore[attr-defined]  (AdminRoute runs it before the body)
     return admin_key
 
 

@@ -13,6 +13,14 @@ credentials (with `WWW-Authenticate`), 403 `forbidden` without the route's scope
 `Retry-After` when the key's token bucket is empty. With `redis_url` set, every replica shares the buckets,
 sessions and cache through Redis.
 
+Order of checks: `install()` puts an authentication gate (`AuthGate`) in front of every route that depends on
+`require(scope)` or `admin_dependency()` (all of /v1 and /admin/faq), so credentials, scope and the key's rate
+limit are checked BEFORE the body is read or parsed: an unauthenticated request with a broken or huge body gets 401, never 400 (only a
+declared Content-Length over the body limit is refused first, with 413, without reading). Failed
+authentications are throttled per client address (`auth_throttle.py`: 429 `auth_throttled` + Retry-After);
+the route dependencies (`require`, `admin_dependency`) reuse the gate's principal and check the route's own
+scope.
+
 The FAQ admin router renders its own errors from its own exception types (`services/faq/admin.py` STATUS),
 and maps any other exception to 500, so it gets `admin_dependency()`, which raises those types; both render
 the same uniform body. Its 429 is an `HTTPException` (status 429 and `Retry-After`) unless the admin router
@@ -21,19 +29,25 @@ maps an error with code `rate_limited`, which is then used.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.gateway.auth_throttle import FailedAuthThrottle, client_address, parse_networks
 from services.gateway.cache import MemoryCache, RedisCache, ResponseCache
-from services.gateway.edge_http import install_http
+from services.gateway.edge_http import error_response, install_http
 from services.gateway.errors import ApiError
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -42,6 +56,7 @@ from services.gateway.redis_conn import connect
 from services.gateway.security import (
     DEFAULTS_DIR,
     DEMO_KEY_SHA256,
+    TENANT_RE,
     Authenticator,
     Principal,
     load_key_records,
@@ -62,7 +77,8 @@ BearerHeader = Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
 class EdgeSettings(BaseSettings):
     """Security, limits and shared-state settings; each field is overridable by `KEFU_GATEWAY_<NAME>`."""
 
-    model_config = SettingsConfigDict(env_prefix="KEFU_GATEWAY_", extra="ignore")
+    # hide_input_in_errors: a refused setting's error never echoes the input (secrets included)
+    model_config = SettingsConfigDict(env_prefix="KEFU_GATEWAY_", extra="ignore", hide_input_in_errors=True)
 
     mode: Literal["development", "production"] = Field(
         "development",
@@ -78,22 +94,36 @@ class EdgeSettings(BaseSettings):
     jwt_enabled: bool | None = Field(
         None, description="accept JWT bearer tokens; unset = on when a secret or public key is configured"
     )
-    jwt_secret: str = Field("", repr=False, description="HS256 secret (at least 32 bytes in production)")
+    jwt_secret: SecretStr = Field(
+        SecretStr(""),
+        description="HS256 secret; production needs at least 32 bytes and an estimated 128 bits of entropy "
+        "(no repeated character or word): e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`",
+    )
     jwt_public_key_file: Path | None = Field(
         None, description="PEM public key for RS256 tokens (needs the `cryptography` package)"
     )
     jwt_issuer: str = Field("", description="required `iss` claim; empty = not checked")
     jwt_audience: str = Field("", description="required `aud` claim; empty = not checked")
-    jwt_require_exp: bool = Field(True, description="refuse tokens without an `exp` claim")
+    jwt_max_lifetime_s: float = Field(
+        3600.0,
+        gt=0,
+        description="longest token lifetime accepted (`exp - iat`); `exp` and `iat` are required",
+    )
     jwt_leeway_s: float = Field(30.0, ge=0, description="clock skew allowed on exp / nbf / iat")
     jwt_tenant_claim: str = Field("tenant", description="claim naming the tenant (letters, digits, _ . -)")
+    jwt_tenants: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="tenants a token may name (comma-separated or a JSON list); empty = the tenants of the "
+        "API keys file; a token naming any other tenant is refused",
+    )
     jwt_rate_per_s: float | None = Field(
         None, gt=0, description="bucket refill of JWT callers (per tenant+sub)"
     )
     jwt_burst: int | None = Field(None, ge=1, description="bucket size of JWT callers")
-    redis_url: str = Field(
-        "",
-        description="redis://host:port/db: rate limits, sessions and cache shared by replicas; empty = memory",
+    redis_url: SecretStr = Field(
+        SecretStr(""),
+        description="redis://[:password@]host:port/db: rate limits, sessions, cache and the failed-auth "
+        "throttle shared by replicas; empty = memory (a secret: it may hold a password)",
     )
     redis_timeout_s: float = Field(
         0.25, gt=0, description="per-command Redis timeout (then degrade, not wait)"
@@ -109,6 +139,20 @@ class EdgeSettings(BaseSettings):
         description="masked words, one a line (format in the default file); each matched character becomes *",
     )
     rate_limit_max_keys: int = Field(100_000, ge=1, description="buckets kept in memory (LRU)")
+    auth_fail_burst: int = Field(
+        10, ge=1, description="refused credentials a client address may send at once before it is throttled"
+    )
+    auth_fail_rate_per_s: float = Field(
+        0.1,
+        gt=0,
+        description="refill of that allowance (per second); an address that used it up gets 429 "
+        "auth_throttled on protected routes, valid key or not, until one attempt is back",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs of reverse proxies / load balancers whose X-Forwarded-For names the client "
+        "(comma-separated or a JSON list); empty = the socket peer is the client",
+    )
     session_max: int = Field(
         10_000, ge=1, description="sessions kept in memory (LRU); Redis keeps all until TTL"
     )
@@ -117,22 +161,52 @@ class EdgeSettings(BaseSettings):
     cache_max_entries: int = Field(10_000, ge=1, description="answers kept in the memory cache (LRU)")
     cache_ttl_s: float = Field(300.0, gt=0, description="seconds an answer stays cached")
 
+    @field_validator("jwt_tenants", "trusted_proxies", mode="before")
+    @classmethod
+    def _list(cls, v: object) -> object:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [x.strip() for x in text.split(",") if x.strip()]
+        return v
+
+    @field_validator("jwt_tenants")
+    @classmethod
+    def _tenants(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if not TENANT_RE.match(t)]
+        if bad:
+            raise ValueError(f"not tenant ids (letters, digits, _ . -, at most 64): {bad}")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        parse_networks(v)
+        return v
+
     @property
     def jwt_on(self) -> bool:
         if self.jwt_enabled is None:
-            return bool(self.jwt_secret or self.jwt_public_key_file)
+            return bool(self.jwt_secret.get_secret_value() or self.jwt_public_key_file)
         return self.jwt_enabled
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> EdgeSettings:
-        if self.jwt_on and not (self.jwt_secret or self.jwt_public_key_file):
+        if self.jwt_on and not (self.jwt_secret.get_secret_value() or self.jwt_public_key_file):
             raise ValueError(
                 "KEFU_GATEWAY_JWT_ENABLED: JWT is on but neither KEFU_GATEWAY_JWT_SECRET nor "
                 "KEFU_GATEWAY_JWT_PUBLIC_KEY_FILE is set"
             )
         if self.mode == "production":
             records = load_key_records(self.api_keys_file)
-            refuse_placeholders(self.api_keys_file, records, self.jwt_on, self.jwt_secret, self._public_key())
+            refuse_placeholders(
+                self.api_keys_file,
+                records,
+                self.jwt_on,
+                self.jwt_secret.get_secret_value(),
+                self._public_key(),
+            )
         return self
 
     def _public_key(self) -> str:
@@ -154,27 +228,30 @@ class Edge:
         self.metrics = metrics
         records = load_key_records(s.api_keys_file)
         if s.mode == "production":  # also when settings were built without validation
-            refuse_placeholders(s.api_keys_file, records, s.jwt_on, s.jwt_secret, s._public_key())
+            refuse_placeholders(
+                s.api_keys_file, records, s.jwt_on, s.jwt_secret.get_secret_value(), s._public_key()
+            )
         elif any(r.sha256 == DEMO_KEY_SHA256 for r in records):
             log.warning("development mode: the demo API key is accepted (never in production)")
         self.auth = Authenticator(
             records,
             default_rate_per_s=s.default_rate_per_s,
             default_burst=s.default_burst,
-            jwt_secret=s.jwt_secret if s.jwt_on else "",
+            jwt_secret=s.jwt_secret.get_secret_value() if s.jwt_on else "",
             jwt_public_key=s._public_key() if s.jwt_on else "",
             jwt_issuer=s.jwt_issuer,
             jwt_audience=s.jwt_audience,
-            jwt_require_exp=s.jwt_require_exp,
+            jwt_max_lifetime_s=s.jwt_max_lifetime_s,
             jwt_leeway_s=s.jwt_leeway_s,
             jwt_tenant_claim=s.jwt_tenant_claim,
+            jwt_tenants=s.jwt_tenants,
             jwt_rate_per_s=s.jwt_rate_per_s,
             jwt_burst=s.jwt_burst,
         )
         self.normalizer = TextNormalizer.from_file(s.sensitive_words_file)
-        self._owns_redis = redis is None and bool(s.redis_url)
+        self._owns_redis = redis is None and bool(s.redis_url.get_secret_value())
         if self._owns_redis:
-            redis = connect(s.redis_url, timeout_s=s.redis_timeout_s)
+            redis = connect(s.redis_url.get_secret_value(), timeout_s=s.redis_timeout_s)
         self.redis = redis
         self.limiter: RateLimiter
         self.sessions: SessionStore
@@ -187,6 +264,10 @@ class Edge:
             self.limiter = MemoryRateLimiter(s.rate_limit_max_keys)
             self.sessions = MemorySessionStore(s.session_max, s.session_max_turns, s.session_ttl_s)
             self.cache = MemoryCache(s.cache_max_entries, s.cache_ttl_s)
+        self.trusted_proxies = parse_networks(s.trusted_proxies)
+        self.auth_throttle = FailedAuthThrottle(
+            s.auth_fail_rate_per_s, s.auth_fail_burst, redis=redis, max_addresses=s.rate_limit_max_keys
+        )
 
     # ── HTTP ────────────────────────────────────────────────────────────────────────────────────────
 
@@ -195,13 +276,25 @@ class Edge:
         reading more than max_body_bytes), exception handlers rendering ApiError / RequestValidationError (400
         naming the field) / HTTPException / any Exception (500, logged with traceback, body without details) in
         the uniform error body, and PII-redacting log configuration (again at ASGI start-up)."""
+        # added first = innermost: after the request id and the declared-size 413, before the body is read
+        app.add_middleware(AuthGate, edge=self, router=app.router)
         install_http(app, self.settings.max_body_bytes, self.settings.body_limit_exempt_prefixes)
         install_log_redaction()
+
+    def client_address(self, request: Request) -> str:
+        """The socket peer, or the X-Forwarded-For client when the peer is a trusted proxy."""
+        peer = request.client.host if request.client else None
+        return client_address(peer, request.headers.getlist("x-forwarded-for"), self.trusted_proxies)
 
     async def authenticate(
         self, request: Request, api_key: str | None, bearer: HTTPAuthorizationCredentials | None
     ) -> Principal:
-        """The caller's principal, or ApiError 401."""
+        """The caller's principal; ApiError 401, or 429 `auth_throttled` while the client address is blocked
+        for too many refused credentials (whatever it sends then)."""
+        address = self.client_address(request)
+        blocked = await self.auth_throttle.blocked_for(address)
+        if blocked > 0:
+            raise _throttled(blocked)
         token = api_key or (bearer.credentials if bearer else None)
         if not token:
             challenge = {"WWW-Authenticate": 'Bearer realm="kefu"'}
@@ -215,7 +308,23 @@ class Edge:
                 "missing credentials: send X-API-Key: <key> or Authorization: Bearer",
                 challenge,
             )
-        return self.auth.authenticate(token.strip())
+        try:  # trim ASCII blanks only: a non-ASCII space is refused by the authenticator, not trimmed
+            return self.auth.authenticate(token.strip(" \t"))
+        except ApiError as e:
+            if e.status != 401:
+                raise
+            blocked = await self.auth_throttle.failed(address)
+            if blocked > 0:
+                raise _throttled(blocked) from None
+            raise
+
+    async def admit(self, request: Request, scope: str) -> Principal:
+        """Authenticate, check `scope`, take a token from the key's bucket; sets request.state.principal."""
+        principal = await self.authenticate(request, request.headers.get("x-api-key"), await _BEARER(request))
+        require_scope(principal, scope)
+        await self.rate_limit(principal)
+        request.state.principal = principal
+        return principal
 
     async def rate_limit(self, principal: Principal) -> None:
         """ApiError 429 `rate_limited` (with Retry-After) when the principal's bucket is empty."""
@@ -242,12 +351,17 @@ class Edge:
             api_key: ApiKeyHeader,
             bearer: BearerHeader,
         ) -> Principal:
+            admitted = getattr(request.state, "principal", None)
+            if isinstance(admitted, Principal):  # the gate admitted it before the body: the route's scope
+                require_scope(admitted, scope)
+                return admitted
             principal = await self.authenticate(request, api_key, bearer)
             require_scope(principal, scope)
             await self.rate_limit(principal)
             request.state.principal = principal
             return principal
 
+        principal_with_scope.kefu_auth_scope = scope  # type: ignore[attr-defined]  (AuthGate reads it)
         return principal_with_scope
 
     def admin_dependency(self, scope: str = "admin") -> Callable[..., Awaitable[Principal]]:
@@ -280,6 +394,7 @@ class Edge:
                     raise error from None
                 raise HTTPException(e.status, e.message, e.headers) from None
 
+        admin_principal.kefu_auth_scope = scope  # type: ignore[attr-defined]  (AuthGate reads it)
         return admin_principal
 
     # ── input ───────────────────────────────────────────────────────────────────────────────────────
@@ -326,5 +441,60 @@ class Edge:
         await self.limiter.close()
         await self.sessions.close()
         await self.cache.close()
+        await self.auth_throttle.close()
         if self._owns_redis and self.redis is not None:
             await self.redis.aclose()
+
+
+def _throttled(seconds: float) -> ApiError:
+    retry = str(max(1, math.ceil(seconds)))
+    return ApiError(
+        429,
+        "auth_throttled",
+        f"too many refused credentials from this address; retry after {retry} s",
+        {"Retry-After": retry},
+    )
+
+
+class AuthGate:
+    """Pure ASGI middleware: for a request to a route of `router` that depends on the edge's `require(scope)`
+    or `admin_dependency(scope)`, `edge.admit(request, scope)` before the app runs, i.e. before anything reads
+    the body; a refusal is answered here in the uniform error body. A request that matches no route (404) or
+    not its method (405), or a public route, passes straight to the router."""
+
+    def __init__(self, app: ASGIApp, edge: Edge, router: Router):
+        self.app, self.edge, self.router = app, edge, router
+        self._scopes: dict[int, str | None] = {}  # id(route) -> scope its dependencies require
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        needed = self._needed_scope(scope) if scope["type"] == "http" else None
+        if needed is None:
+            return await self.app(scope, receive, send)
+        try:
+            await self.edge.admit(Request(scope), needed)
+        except ApiError as e:
+            rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
+            response = error_response(e.status, e.code, e.message, rid, e.headers)
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _needed_scope(self, scope: Scope) -> str | None:
+        for route in self.router.routes:  # the route the router will pick: the first full match
+            if route.matches(scope)[0] == Match.FULL:
+                if id(route) not in self._scopes:
+                    self._scopes[id(route)] = _auth_scope_of(route)
+                return self._scopes[id(route)]
+        return None
+
+
+def _auth_scope_of(route: Any) -> str | None:
+    """The scope of the first edge auth dependency (tagged `kefu_auth_scope`) in the route's dependency tree."""
+    dependant = getattr(route, "dependant", None)
+    pending = [dependant] if dependant is not None else []
+    while pending:
+        d = pending.pop(0)
+        needed = getattr(d.call, "kefu_auth_scope", None)
+        if needed:
+            return needed
+        pending.extend(d.dependencies)
+    return None

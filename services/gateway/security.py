@@ -3,10 +3,14 @@
 - API keys live in a YAML file (`defaults/api_keys.yaml` documents the format). Only digests are kept; a
   presented key is hashed and compared with EVERY stored digest through `hmac.compare_digest`, so neither the
   answer time nor an early exit says which digest (or how much of one) matched.
+- A presented credential must be printable ASCII: a key with a non-breaking or full-width space (or any other
+  non-ASCII or control character) is refused, never trimmed into a valid key.
 - JWTs (PyJWT) are accepted when a secret (HS256) or a public key (RS256, needs the `cryptography` package) is
-  configured. `exp` is required by default, `iss` / `aud` are checked when configured; the tenant comes from a
-  claim (`tenant` by default) and the scopes from `scope` (space-separated, OAuth 2 style) or `scopes` (list).
-- `refuse_placeholders` stops a production start with the shipped demo key or a weak / placeholder JWT secret.
+  configured. `exp` and `iat` are required and `exp - iat` may not exceed `jwt_max_lifetime_s`; `iss` / `aud`
+  are checked when configured; the tenant comes from a claim (`tenant` by default) and must be one of the
+  configured tenants; the scopes come from `scope` (space-separated, OAuth 2 style) or `scopes` (list).
+- `refuse_placeholders` stops a production start with the shipped demo key or a weak / placeholder /
+  low-entropy JWT secret (`secret_strength_problem` states the rule); no message ever quotes the secret.
 
 Nothing here knows HTTP beyond raising `ApiError` 401 / 403; `edge.py` reads the headers.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +41,8 @@ TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "placeholder", "example", "replace-me", "todo")
 PLACEHOLDER_SECRETS = {"secret", "password", "jwt-secret", "dev", "development", "test", "default", "kefu"}
 MIN_SECRET_BYTES = 32
+MIN_SECRET_BITS = 128  # estimated entropy of an HS256 secret in production (see secret_entropy_bits)
+CREDENTIAL_RE = re.compile(r"^[\x20-\x7e]+$")  # printable ASCII: no control, non-ASCII or NBSP / U+3000 space
 
 
 @dataclass(frozen=True)
@@ -111,12 +119,14 @@ class Authenticator:
         jwt_public_key: str = "",
         jwt_issuer: str = "",
         jwt_audience: str = "",
-        jwt_require_exp: bool = True,
+        jwt_max_lifetime_s: float = 3600.0,
         jwt_leeway_s: float = 30.0,
         jwt_tenant_claim: str = "tenant",
+        jwt_tenants: Iterable[str] = (),
         jwt_rate_per_s: float | None = None,
         jwt_burst: int | None = None,
     ):
+        records = list(records)
         self._keys: list[tuple[str, Principal]] = [
             (
                 r.sha256,
@@ -141,9 +151,16 @@ class Authenticator:
                 )
             self._jwt_keys["RS256"] = jwt_public_key
         self._issuer, self._audience = jwt_issuer or None, jwt_audience or None
-        self._require = ["exp"] if jwt_require_exp else []
+        self._max_lifetime_s = jwt_max_lifetime_s
         self._leeway = jwt_leeway_s
         self._tenant_claim = jwt_tenant_claim
+        # tenants a token may name: the configured list, else the tenants of the API keys file
+        self._jwt_tenants = frozenset(jwt_tenants) or frozenset(r.tenant for r in records)
+        if self._jwt_keys and not self._jwt_tenants:
+            raise ValueError(
+                "KEFU_GATEWAY_JWT_TENANTS: JWT is on but no tenant is configured (set the list, or add keys "
+                "for the tenants to the API keys file)"
+            )
         self._jwt_rate = jwt_rate_per_s or default_rate_per_s
         self._jwt_burst = jwt_burst or default_burst
 
@@ -153,6 +170,14 @@ class Authenticator:
 
     def authenticate(self, token: str) -> Principal:
         """An API key or (when enabled) a JWT."""
+        if not CREDENTIAL_RE.match(token):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "invalid credentials: only printable ASCII is allowed (no non-ASCII or non-breaking spaces, "
+                "no control characters)",
+                _challenge(),
+            )
         if self._jwt_keys and looks_like_jwt(token):
             return self._from_jwt(token)
         return self._from_key(token)
@@ -184,12 +209,21 @@ class Authenticator:
                 issuer=self._issuer,
                 audience=self._audience,
                 leeway=self._leeway,
-                options={"require": self._require, "verify_aud": self._audience is not None},
+                options={"require": ["exp", "iat"], "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise ApiError(401, "unauthorized", "invalid token: expired", _challenge()) from None
         except jwt.PyJWTError as e:
             raise ApiError(401, "unauthorized", f"invalid token: {_jwt_reason(e)}", _challenge()) from None
+        lifetime = int(claims["exp"]) - int(claims["iat"])  # both checked as integers by PyJWT
+        if lifetime > self._max_lifetime_s:
+            raise ApiError(
+                401,
+                "unauthorized",
+                f"invalid token: lifetime (exp - iat) of {lifetime} s is over the limit of "
+                f"{self._max_lifetime_s:g} s",
+                _challenge(),
+            )
         tenant = claims.get(self._tenant_claim)
         if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
             raise ApiError(
@@ -197,6 +231,10 @@ class Authenticator:
                 "unauthorized",
                 f"invalid token: claim {self._tenant_claim!r} must be a tenant id (letters, digits, _ . -)",
                 _challenge(),
+            )
+        if tenant not in self._jwt_tenants:
+            raise ApiError(
+                401, "unauthorized", f"invalid token: tenant {tenant!r} is not configured", _challenge()
             )
         scopes = claims.get("scope", claims.get("scopes", ""))
         if isinstance(scopes, str):
@@ -237,6 +275,8 @@ def _jwt_reason(e: Exception) -> str:
         return f"missing claim {e.claim!r}"
     if isinstance(e, jwt.ImmatureSignatureError):
         return "not valid yet"
+    if isinstance(e, jwt.InvalidIssuedAtError):
+        return "`iat` must be an integer"
     return "malformed"
 
 
@@ -250,6 +290,54 @@ def _challenge() -> dict[str, str]:
 def is_placeholder_secret(secret: str) -> bool:
     low = secret.strip().lower()
     return low in PLACEHOLDER_SECRETS or any(m in low for m in PLACEHOLDER_MARKERS)
+
+
+def _shortest_period(text: str) -> int:
+    """The length of the shortest unit whose repetition spells `text` ("abcabcab" -> 3), by the KMP prefix
+    function; len(text) when nothing repeats."""
+    prefix = [0] * len(text)
+    for i in range(1, len(text)):
+        k = prefix[i - 1]
+        while k and text[i] != text[k]:
+            k = prefix[k - 1]
+        prefix[i] = k + (text[i] == text[k])
+    return len(text) - (prefix[-1] if text else 0)
+
+
+def secret_entropy_bits(secret: str) -> float:
+    """A conservative estimate of a secret's entropy: a secret that is a repeated unit ("aaaa...",
+    "kefukefu...", "abcabcab") counts as that unit alone, and the unit counts length x its per-character
+    Shannon entropy (from its own character frequencies). A random `secrets.token_urlsafe(32)` scores about
+    200 bits, `a` x 32 scores 0, a repeated 8-letter word at most 24."""
+    period = _shortest_period(secret)
+    unit = secret[:period] if period <= len(secret) // 2 else secret
+    if not unit:
+        return 0.0
+    n = len(unit)
+    per_char = -sum(c / n * math.log2(c / n) for c in Counter(unit).values())
+    return max(0.0, per_char * n)  # never -0.0
+
+
+def secret_strength_problem(secret: str) -> str | None:
+    """Why `secret` is too weak to sign HS256 tokens in production, or None. The rule: not a placeholder, at
+    least 32 bytes (RFC 7518 3.2: a key as long as the hash), and at least 128 bits by
+    `secret_entropy_bits` (so no single repeated character or repeated word). The reason never quotes the
+    secret."""
+    if is_placeholder_secret(secret):
+        return "a placeholder value is refused in production"
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        return (
+            f"{size} bytes is too short for HS256 in production (at least {MIN_SECRET_BYTES}; "
+            f"e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+        )
+    bits = secret_entropy_bits(secret)
+    if bits < MIN_SECRET_BITS:
+        return (
+            f"too little entropy for HS256 in production (estimated {bits:.0f} bits, at least {MIN_SECRET_BITS}: "
+            "no repeated character or word; e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+        )
+    return None
 
 
 def refuse_placeholders(
@@ -272,10 +360,6 @@ def refuse_placeholders(
         raise ValueError(
             "KEFU_GATEWAY_JWT_SECRET: JWT is enabled but neither a secret nor KEFU_GATEWAY_JWT_PUBLIC_KEY_FILE is set"
         )
-    if jwt_secret and is_placeholder_secret(jwt_secret):
-        raise ValueError("KEFU_GATEWAY_JWT_SECRET: a placeholder value is refused in production")
-    if jwt_secret and len(jwt_secret.encode()) < MIN_SECRET_BYTES:
-        raise ValueError(
-            f"KEFU_GATEWAY_JWT_SECRET: {len(jwt_secret.encode())} bytes is too short for HS256 in production "
-            f"(at least {MIN_SECRET_BYTES}; e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
-        )
+    problem = secret_strength_problem(jwt_secret) if jwt_secret else None
+    if problem:
+        raise ValueError(f"KEFU_GATEWAY_JWT_SECRET: {problem}")
