@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from services.common.logthrottle import LogThrottle
 from services.faq import thresholds as faq_thresholds
 from services.faq.domain import FaqError, FaqHit, read_faq_jsonl
 from services.faq.store import FaqStore, embed_entries
@@ -47,6 +49,7 @@ from services.gateway.timing import Timings
 log = logging.getLogger(__name__)
 
 STORE = "faq_store"
+PROBE_TTL_S = 2.0  # how long readiness trusts the store's last live answer
 StoreOpener = Callable[[str, int], FaqStore]  # (embedder version, dim) -> store
 ReindexerFactory = Callable[[WorkerEmbedder], Callable[[list], Any]]
 
@@ -84,6 +87,8 @@ class KnowledgeBase:
         store: FaqStore | None = None,
         open_store: StoreOpener | None = None,
         reindexer: ReindexerFactory | None = None,
+        probe_ttl_s: float = PROBE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.settings, self.policy, self.models, self.metrics = settings, policy, models, metrics
         self.store = store
@@ -102,10 +107,63 @@ class KnowledgeBase:
             max_reset_timeout_s=max(settings.breaker_reset_max_s, settings.breaker_reset_s),
         )
         self._lock = asyncio.Lock()
+        self._clock, self.probe_ttl_s = clock, probe_ttl_s
+        self.store_error: str | None = None  # the store's last live answer: None = it served
+        self._probed_at = -math.inf
+        self._probe_task: asyncio.Task | None = None
+        self._failure_log = LogThrottle(log, settings.log_repeat_interval_s, clock)
 
     @property
     def ready(self) -> bool:
+        """Prepared: the collection matches the encoder the workers serve (says nothing about the store now)."""
         return self.error is None
+
+    @property
+    def serving(self) -> bool:
+        """Prepared, and the store answered its last live check (`probe`, or a search) — at most `probe_ttl_s`
+        old when readiness asks often; an older answer starts a new probe in the background."""
+        if not self.ready:
+            return False
+        if self._clock() - self._probed_at >= self.probe_ttl_s:
+            self._probe_soon()
+        return self.store_error is None
+
+    def _probe_soon(self) -> None:
+        if self._probe_task is not None and not self._probe_task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._probe_task = loop.create_task(self.probe())
+
+    async def probe(self) -> str | None:
+        """One cheap live check of the store (`FaqStore.probe`, which also reloads a collection a restarted
+        Milvus released); None when it can serve, else why not. Never raises."""
+        store = self.store
+        if store is None:
+            problem: str | None = "no FAQ store open"
+        else:
+            try:
+                problem = await asyncio.wait_for(
+                    asyncio.to_thread(store.probe), self.settings.store_timeout_s
+                )
+            except TimeoutError:
+                problem = f"the FAQ store did not answer within {self.settings.store_timeout_s:g} s"
+            except Exception as e:  # noqa: BLE001 - a probe reports, it does not raise
+                problem = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+        self._store_state(problem)
+        return problem
+
+    def _store_state(self, problem: str | None) -> None:
+        """Record what the store just did (a probe or a search): readiness and `kefu_faq_store_up` follow."""
+        self._probed_at = self._clock()
+        if problem is None and self.store_error is not None:
+            log.info("FAQ store answers again (down since: %s)", self.store_error)
+        elif problem is not None:
+            self._failure_log.warning("store", "FAQ store unavailable: %s", problem)
+        self.store_error = problem
+        self.metrics.faq_store_up.set(0 if problem else 1)
 
     # ── preparation ─────────────────────────────────────────────────────────────────────────────────
 
@@ -211,11 +269,12 @@ class KnowledgeBase:
         if not self.ready or version != self.indexed_version:
             await self.prepare()
             return
+        if await self.probe() is not None:
+            return
         try:
             await asyncio.wait_for(asyncio.to_thread(self._update_health), self.settings.store_timeout_s)
         except Exception as e:  # noqa: BLE001
-            log.warning("FAQ store health check failed: %s", e)
-            self.metrics.faq_store_up.set(0)
+            self._failure_log.warning("health", "FAQ store health check failed: %s", e)
 
     # ── search ──────────────────────────────────────────────────────────────────────────────────────
 
@@ -260,10 +319,12 @@ class KnowledgeBase:
             outcome = "timeout" if isinstance(e, TimeoutError) else "error"
             self.breaker.record_failure()
             self.metrics.upstream_duration.labels(STORE, outcome).observe(time.perf_counter() - started)
-            log.warning("FAQ store search failed: %s", getattr(e, "message", None) or type(e).__name__)
+            self._store_state(f"search failed: {getattr(e, 'message', None) or type(e).__name__}")
             raise FaqUnavailable(f"FAQ store search failed ({outcome})") from e
         elapsed = time.perf_counter() - started
         self.breaker.record_success()
+        if self.store_error is not None or self._clock() - self._probed_at >= self.probe_ttl_s:
+            self._store_state(None)
         self.metrics.upstream_duration.labels(STORE, "ok").observe(elapsed)
         model = self.models.pool.models["faq"]
         for hits in results:
