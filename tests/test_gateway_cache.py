@@ -14,19 +14,31 @@ VERSIONS = {"intent": "3", "sentiment": "1", "faq": "2"}
 
 
 def test_key_depends_on_every_part_and_not_on_version_order():
-    base = cache_key("/v1/chat", "怎么退货", VERSIONS)
-    assert base == cache_key("/v1/chat", "怎么退货", dict(reversed(list(VERSIONS.items()))))
+    def key(route="/v1/chat", text="怎么退货", versions=VERSIONS, extra="", tenant="acme"):
+        return cache_key(route, text, versions, extra, tenant=tenant)
+
+    base = key()
+    assert base == key(versions=dict(reversed(list(VERSIONS.items()))))
     assert len(base) == 64
     changed = [
-        cache_key("/v1/chat", "怎么退货", {**VERSIONS, "intent": "4"}),  # a new model version
-        cache_key("/v1/chat", "怎么退货", {**VERSIONS, "faq_kb": "rev-9"}),  # another versioned input
-        cache_key("/v1/chat", "怎么退款", VERSIONS),
-        cache_key("/v1/intent", "怎么退货", VERSIONS),
-        cache_key("/v1/chat", "怎么退货", VERSIONS, extra="tenant=acme"),
+        key(versions={**VERSIONS, "intent": "4"}),  # a new model version
+        key(versions={**VERSIONS, "faq_kb": "rev-9"}),  # another versioned input
+        key(text="怎么退款"),
+        key(route="/v1/intent"),
+        key(extra="opt=1"),
+        key(tenant="globex"),  # another tenant never shares an entry
     ]
-    assert len({base, *changed}) == 6
+    assert len({base, *changed}) == 7
     # no ambiguity from joining parts: ("a", "bc") and ("ab", "c") differ
-    assert cache_key("a", "bc", {}) != cache_key("ab", "c", {})
+    assert key("a", "bc", {}) != key("ab", "c", {})
+    assert key(tenant="a", route="b:c") != key(tenant="a:b", route="c")
+
+
+def test_key_requires_a_tenant():
+    with pytest.raises(TypeError):
+        cache_key("/v1/chat", "怎么退货", VERSIONS)  # type: ignore[call-arg]  (a caller cannot forget it)
+    with pytest.raises(ValueError):
+        cache_key("/v1/chat", "怎么退货", VERSIONS, tenant="")
 
 
 @pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
@@ -50,7 +62,7 @@ async def backend(request):
 async def test_miss_then_hit_and_copies(backend):
     make, _ = backend
     cache = make()
-    key = cache_key("/v1/chat", "怎么退货", VERSIONS)
+    key = cache_key("/v1/chat", "怎么退货", VERSIONS, tenant="acme")
     assert await cache.get(key) is None
     answer = {"action": "answer", "faq_id": "f1", "score": 0.91, "hits": [{"id": "f1"}]}
     await cache.set(key, answer)
@@ -58,7 +70,7 @@ async def test_miss_then_hit_and_copies(backend):
     assert got == answer
     got["hits"].append({"id": "f2"})  # mutating what came back does not change the cache
     assert await cache.get(key) == answer
-    new_version = cache_key("/v1/chat", "怎么退货", {**VERSIONS, "faq": "3"})
+    new_version = cache_key("/v1/chat", "怎么退货", {**VERSIONS, "faq": "3"}, tenant="acme")
     assert await cache.get(new_version) is None  # a version change never serves the old answer
 
 

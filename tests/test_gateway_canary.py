@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.canary.backends import write_atomic
-from services.canary.routing import bucket
+from services.canary.routing import bucket, sticky_id
 from tests.gateway_app import Gateway, build
 
 TEXTS = ["我的快递到哪了", "我要投诉", "怎么申请退款", "这个商品有货吗", "转人工", "物流太慢了"]
@@ -108,7 +108,7 @@ def test_sticky_sessions_follow_their_bucket(make_gw):
     for s in sessions[:40]:  # the same session keeps its version, whatever it says
         for text in TEXTS[:3]:
             assert served(gw, s, text) == first[s]
-    expected = {s: "2" if bucket("intent", s) < 3000 else "1" for s in sessions}
+    expected = {s: "2" if bucket("intent", sticky_id("demo", s)) < 3000 else "1" for s in sessions}
     assert first == expected
     assert 0.15 < sum(v == "2" for v in first.values()) / len(sessions) < 0.45
     canary = gw.sample(

@@ -8,11 +8,22 @@ import pytest_asyncio
 
 from services.gateway.errors import ApiError
 from services.gateway.redis_conn import connect
-from services.gateway.sessions import MemorySessionStore, RedisSessionStore, Session, extract_slots
+from services.gateway.sessions import (
+    MemorySessionStore,
+    RedisSessionStore,
+    Session,
+    SessionKey,
+    extract_slots,
+)
 from services.gateway.textnorm import normalize
 from tests.redis_fixture import redis_url  # noqa: F401
 
 PHONE = "13812345678"
+TENANT = "shop-a"
+
+
+def key(session_id: str) -> SessionKey:
+    return SessionKey(TENANT, session_id)
 
 
 @pytest.mark.parametrize(
@@ -21,8 +32,10 @@ PHONE = "13812345678"
         ("订单号 123456789012 还没发货", {"order_no": "123456789012"}),
         ("我的订单号是：A2024-778899", {"order_no": "A2024-778899"}),
         ("order no. 88776655 please", {"order_no": "88776655"}),
-        ("单号2024051212345678查一下", {"order_no": "2024051212345678"}),
-        ("2024051212345678 这个到哪了", {"order_no": "2024051212345678"}),  # a bare long number
+        ("单号1234567890查一下", {"order_no": "1234567890"}),
+        ("1234567890 这个到哪了", {"order_no": "1234567890"}),  # a bare number of 10+ digits
+        ("单号2024051212345678查一下", {"order_no": "2024051212345678"}),  # yyyyMMdd + sequence
+        ("单号6212345678901234查一下", {}),  # 16 plain digits: card-shaped, never an order number
         (f"手机 {PHONE}", {"phone": "138****5678"}),
         (f"订单号 123456789012 电话{PHONE}", {"order_no": "123456789012", "phone": "138****5678"}),
         ("卡号 4111111111111111", {}),  # a bank card (Luhn) is never kept
@@ -40,7 +53,7 @@ def test_extract_slots_after_normalisation_of_full_width_digits():
 
 
 def test_session_turns_unresolved_and_json_roundtrip():
-    s = Session("abc")
+    s = Session(key("abc"))
     s.add_turn("物流查询", "clarify", "我的快递呢")
     s.add_turn("物流查询", "suggest", "订单号 123456789012")
     assert s.unresolved == 2 and s.recent_intents() == ["物流查询", "物流查询"]
@@ -69,7 +82,7 @@ async def backend(request):
             now[0] += seconds
 
         async def raw(sid):
-            return stores[-1]._data[sid][1]
+            return stores[-1]._data[key(sid)][1]
 
         yield make, advance, raw
     else:
@@ -80,7 +93,7 @@ async def backend(request):
             return RedisSessionStore(client, max_turns, ttl_s)
 
         async def raw(sid):
-            return await client.get(f"kefu:session:{sid}")
+            return await client.get(f"kefu:session:{TENANT}:{sid}")
 
         yield make, asyncio.sleep, raw
         await client.aclose()
@@ -90,27 +103,27 @@ async def backend(request):
 async def test_unknown_session_is_new_and_saves_round_trip(backend):
     make, _, raw = backend
     store = make()
-    s = await store.get("sess-1")
-    assert s == Session("sess-1")
+    s = await store.get(key("sess-1"))
+    assert s == Session(key("sess-1"))
     s.add_turn("退款", "suggest", f"订单号 123456789012 手机 {PHONE}")
     await store.save(s)
-    got = await store.get("sess-1")
+    got = await store.get(key("sess-1"))
     assert got == s and got.unresolved == 1
     assert got.slots == {"order_no": "123456789012", "phone": "138****5678"}
     assert PHONE not in await raw("sess-1")  # the phone is stored masked
     got.add_turn("退款", "answer")  # a change without save is not kept
-    assert (await store.get("sess-1")).unresolved == 1
+    assert (await store.get(key("sess-1"))).unresolved == 1
 
 
 @pytest.mark.asyncio
 async def test_turns_are_bounded(backend):
     make, _, _ = backend
     store = make(max_turns=4)
-    s = await store.get("sess-2")
+    s = await store.get(key("sess-2"))
     for i in range(7):
         s.add_turn(f"intent{i}", "clarify")
     await store.save(s)
-    got = await store.get("sess-2")
+    got = await store.get(key("sess-2"))
     assert [t.intent for t in got.turns] == ["intent3", "intent4", "intent5", "intent6"]
     assert got.unresolved == 7
 
@@ -119,15 +132,15 @@ async def test_turns_are_bounded(backend):
 async def test_sessions_expire_after_ttl_since_last_save(backend):
     make, advance, _ = backend
     store = make(ttl_s=0.4)
-    s = await store.get("sess-3")
+    s = await store.get(key("sess-3"))
     s.add_turn("其他/闲聊", "answer")
     await store.save(s)
     await advance(0.25)
-    await store.save(await store.get("sess-3"))  # saving refreshes the TTL
+    await store.save(await store.get(key("sess-3")))  # saving refreshes the TTL
     await advance(0.25)
-    assert len((await store.get("sess-3")).turns) == 1
+    assert len((await store.get(key("sess-3"))).turns) == 1
     await advance(0.5)
-    assert await store.get("sess-3") == Session("sess-3")
+    assert await store.get(key("sess-3")) == Session(key("sess-3"))
 
 
 @pytest.mark.asyncio
@@ -136,7 +149,7 @@ async def test_bad_session_id_is_400(backend):
     store = make()
     for bad in ("", "has space", "x" * 129, "键"):
         with pytest.raises(ApiError) as e:
-            await store.get(bad)
+            await store.get(SessionKey(TENANT, bad))
         assert e.value.status == 400 and e.value.code == "invalid_session_id"
 
 
@@ -144,23 +157,23 @@ async def test_bad_session_id_is_400(backend):
 async def test_memory_store_evicts_least_recently_used():
     store = MemorySessionStore(max_sessions=2, max_turns=5, ttl_s=60)
     for sid in ("a", "b"):
-        s = await store.get(sid)
+        s = await store.get(key(sid))
         s.add_turn("x", "answer")
         await store.save(s)
-    await store.get("a")  # a is now more recent than b
-    c = await store.get("c")
+    await store.get(key("a"))  # a is now more recent than b
+    c = await store.get(key("c"))
     c.add_turn("x", "answer")
     await store.save(c)
     assert len(store) == 2
-    assert (await store.get("b")).turns == [] and len((await store.get("a")).turns) == 1
+    assert (await store.get(key("b"))).turns == [] and len((await store.get(key("a"))).turns) == 1
 
 
 @pytest.mark.asyncio
 async def test_redis_down_answers_without_context():
     dead = connect("redis://127.0.0.1:1/0", timeout_s=0.2, connect_timeout_s=0.2)
     store = RedisSessionStore(dead, 5, 60)
-    s = await store.get("sess-4")
-    assert s == Session("sess-4")
+    s = await store.get(key("sess-4"))
+    assert s == Session(key("sess-4"))
     s.add_turn("x", "answer")
     await store.save(s)  # logged, not raised
     await dead.aclose()

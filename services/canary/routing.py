@@ -10,8 +10,10 @@ The routing file (YAML; in the cluster the `routing.yaml` key of a ConfigMap) na
         shadow: 20         # % of stable-served requests also sent to the canary, answer discarded
         sticky: true       # a session id always lands on the same side while the weight is unchanged
 
-`RoutingTable.decide(model, session_id)` is what the gateway calls per request. Stickiness: a stable hash of
-(model, session id) picks one of 10,000 buckets; buckets below `weight * 100` go to the canary. The same session
+`RoutingTable.decide(model, session_id)` is what the gateway calls per request, with the sticky id
+`sticky_id(tenant, session id)`: session ids are chosen by each tenant's clients, so two tenants' equal ids are
+two conversations and land in independent buckets. Stickiness: a stable hash of (model, sticky id) picks one of
+10,000 buckets; buckets below `weight * 100` go to the canary. The same session
 therefore keeps its version while the weight is unchanged, and raising the weight only moves the extra buckets
 (a session on the canary at 10% is still on it at 25%). Requests without a session id (or with `sticky: false`)
 draw a random bucket. Weights 0 and 100 are exact. The shadow draw is separate from the split: a shadowed request
@@ -147,8 +149,15 @@ class Route:
 _UNROUTED = Route(None, "stable", None)
 
 
+def sticky_id(tenant: str, session_id: str) -> str:
+    """The id a gateway request is sticky by: `<tenant>/<session id>` (neither part may contain `/`)."""
+    if "/" in tenant or "/" in session_id:
+        raise ValueError("sticky_id: tenant and session id must not contain '/'")
+    return f"{tenant}/{session_id}"
+
+
 def bucket(model: str, session_id: str) -> int:
-    """Stable bucket 0..9999 of (model, session id): the same on every process, host and Python run."""
+    """Stable bucket 0..9999 of (model, sticky id): the same on every process, host and Python run."""
     digest = hashlib.blake2b(f"{model}\x00{session_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 

@@ -68,7 +68,7 @@ from services.gateway.schemas import (
     SentimentResponse,
     TextsRequest,
 )
-from services.gateway.sessions import SessionStore, check_session_id
+from services.gateway.sessions import SessionKey, SessionStore
 from services.gateway.settings import GatewaySettings
 from services.gateway.timing import Timings
 from services.gateway.upstream import UpstreamError, WorkerPool
@@ -130,6 +130,11 @@ def _upstream_error(e: UpstreamError, retry_after: int) -> ApiError:
         f"{e.upstream} is unavailable; retry later",
         {"Retry-After": str(retry_after)},
     )
+
+
+def _tenant(request: Request) -> str:
+    """The authenticated caller's tenant (set by `edge.require`): response-cache entries are per tenant."""
+    return request.state.principal.tenant
 
 
 def create_app(
@@ -242,9 +247,9 @@ def create_app(
     @v1.post("/chat", response_model=ChatResponse)
     async def chat(body: ChatRequest, request: Request):
         """One customer message in a session: the reply to show and what the support flow should do."""
-        check_session_id(body.session_id)
+        key = SessionKey(request.state.principal.tenant, body.session_id)  # sessions are per tenant
         text = edge.check_text(body.text, field="text")
-        result = await orchestrator.chat(body.session_id, text, request.state.timings)
+        result = await orchestrator.chat(key, text, request.state.timings)
         d = result.decision
         log.info(
             "chat session=%s channel=%s action=%s reason=%s degraded=%s",
@@ -264,6 +269,7 @@ def create_app(
             model_versions=result.versions,
             degraded=result.degraded,
             slots=dict(result.session.slots),
+            pii_detected=result.pii_detected,
         )
 
     @v1.post("/intent", response_model=IntentResponse)
@@ -271,7 +277,9 @@ def create_app(
         """Intent of each text (one or a list)."""
         texts = edge.check_texts(_texts(body.text), field="text")
         try:
-            version, preds, _ = await orchestrator.classify("intent", texts, request.state.timings)
+            version, preds, _ = await orchestrator.classify(
+                "intent", texts, request.state.timings, tenant=_tenant(request)
+            )
         except UpstreamError as e:
             raise _upstream_error(e, settings.retry_after_s) from None
         results = [IntentOut(label=p.label, confidence=p.confidence) for p in preds]
@@ -282,7 +290,9 @@ def create_app(
         """Sentiment of each text (one or a list)."""
         texts = edge.check_texts(_texts(body.text), field="text")
         try:
-            version, preds, _ = await orchestrator.classify("sentiment", texts, request.state.timings)
+            version, preds, _ = await orchestrator.classify(
+                "sentiment", texts, request.state.timings, tenant=_tenant(request)
+            )
         except UpstreamError as e:
             raise _upstream_error(e, settings.retry_after_s) from None
         results = [_sentiment(p, orchestrator.negative_score(p)) for p in preds]
@@ -293,7 +303,9 @@ def create_app(
         """The best FAQs for each query (one or a list), best first."""
         texts = edge.check_texts(_texts(body.text), field="text")
         try:
-            version, hits = await orchestrator.search_faq(texts, body.top_k, request.state.timings)
+            version, hits = await orchestrator.search_faq(
+                texts, body.top_k, request.state.timings, tenant=_tenant(request)
+            )
         except UpstreamError as e:
             raise _upstream_error(e, settings.retry_after_s) from None
         except FaqUnavailable as e:

@@ -4,9 +4,11 @@ version answers and whether the call is mirrored to the candidate.
     KEFU_GATEWAY_ROUTING_FILE=runs/routing.yaml python -m services.gateway     # empty: StableRouter, no canary
 
 - `CanaryRouter` implements `inference.ModelRouter` over a hot-reloaded `RoutingWatcher`
-  (`services/canary/watcher.py`): `decide(model, session_id)` is sticky by session id, weights 0 and 100 are
-  exact, and a reload swaps the table atomically (no request waits, none is dropped). A model absent from the
-  routing file is served as before (the latest version the workers serve).
+  (`services/canary/watcher.py`): `decide(model, sticky_id)` is sticky by tenant and session id (the
+  orchestrator passes `SessionKey.sticky_id`, so two tenants' equal session ids split independently; calls
+  without a session, /v1/intent and the like, draw at random), weights 0 and 100 are exact, and a reload
+  swaps the table atomically (no request waits, none is dropped). A model absent from the routing file is
+  served as before (the latest version the workers serve).
 - Canary and shadow calls go through their own `CanaryWorkerPool`: its own connections and circuit breakers
   (a failing candidate never opens stable's breakers), upstream names suffixed `_canary`, and URLs from
   `KEFU_GATEWAY_CANARY_WORKERS` (in the cluster: the canary Services) or else the stable workers. Versions are
@@ -20,7 +22,8 @@ version answers and whether the call is mirrored to the candidate.
   (both sides searched the same way, so the comparison is like for like). Records
   `kefu_gateway_shadow_comparisons_total{agree}`, `_shadow_confidence_delta` (candidate minus stable: top-label
   probability, or top-1 cosine) and the candidate's per-version model metrics with role="shadow". Nothing a
-  shadow call does (error, hang, garbage) reaches the client or delays its answer.
+  shadow call does (error, hang, garbage) reaches the client or delays its answer. It keeps no state per
+  session or tenant (the shadow draw is random per call; comparisons are metrics by model and version only).
 - The FAQ encoder is never a live canary: the knowledge base is indexed by one encoder version, so a canary
   weight on it mirrors those calls instead (shadow only); promoting it makes the knowledge base re-index at its
   next refresh (`knowledge.py`). Its shadow agreement says whether the candidate finds the same FAQ in the

@@ -1,12 +1,13 @@
 """One customer turn: three model calls and a knowledge-base search, concurrently, then the policy's decision.
 
-    result = await orchestrator.chat(session_id, text, timings)         # text already normalised and masked
-    version, preds = await orchestrator.classify("intent", texts, timings)
-    version, hits = await orchestrator.search_faq(texts, top_k, timings)
+    result = await orchestrator.chat(SessionKey(tenant, session_id), text, timings)   # text normalised, masked
+    version, preds, all_cached = await orchestrator.classify("intent", texts, timings, tenant=tenant)
+    version, hits = await orchestrator.search_faq(texts, top_k, timings, tenant=tenant)
 
 A turn runs intent, sentiment and (embed → store search) at the same time. Each of the three answers from the
-response cache when it can: entries are per text and per model, keyed by the normalised text and the version
-of the model that computed them (`cache_key`), so a version change never reads an answer of the old version.
+response cache when it can: entries are per tenant, text and model, keyed by the caller's tenant, the
+normalised text and the version of the model that computed them (`cache_key`), so a version change never reads
+an answer of the old version and one tenant's traffic never shows in another's cache hits.
 The knowledge-base search itself is never cached (only the query embedding), so an FAQ edited through the
 admin API is served at once.
 
@@ -16,8 +17,11 @@ Degradation (each counted in `kefu_gateway_degraded_total{mode}` and listed in t
 - sentiment model down                     → no sentiment hand-over (`sentiment_down`);
 - all of them down                         → 503 `upstreams_unavailable` with Retry-After.
 
-The session (recent turns, unresolved count, slots) is read before and saved after the decision; a hand-over
-resets the unresolved count (the conversation has gone to a human).
+The session (recent turns, unresolved count, slots) is the tenant's (`SessionKey(tenant, session_id)`): read
+before and saved after the decision; a hand-over resets the unresolved count (the conversation has gone to a
+human). Canary routing is sticky by tenant and session (`SessionKey.sticky_id`). Slots are extracted with the
+shop's order-number format (`order_no_pattern`); resident ID and bank card numbers are never kept, only their
+kinds reported (`ChatResult.pii_detected`).
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from services.gateway.inference import ClassPrediction, ModelClient
 from services.gateway.knowledge import FaqUnavailable, KnowledgeBase
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.policy import Decision, Policy, Signals, Thresholds, decide
-from services.gateway.sessions import Session, SessionStore
+from services.gateway.sessions import Session, SessionKey, SessionStore
 from services.gateway.settings import GatewaySettings
+from services.gateway.slots import SlotExtractor
 from services.gateway.timing import Timings
 from services.gateway.upstream import UpstreamError
 
@@ -58,6 +63,8 @@ class ChatResult:
     degraded: list[str]
     session: Session
     cached: list[str] = field(default_factory=list)
+    # kinds of personal numbers in the customer's text (resident_id, bank_card): never kept, only reported
+    pii_detected: list[str] = field(default_factory=list)
 
 
 class Orchestrator:
@@ -73,88 +80,93 @@ class Orchestrator:
     ):
         self.settings, self.policy, self.models, self.kb = settings, policy, models, kb
         self.sessions, self.cache, self.metrics = sessions, cache, metrics
+        self.slot_extractor = SlotExtractor(settings.order_no_pattern)
         self._degraded_log = LogThrottle(
             log, settings.log_repeat_interval_s
         )  # one line per part per interval
 
     # ── cache ───────────────────────────────────────────────────────────────────────────────────────
 
-    async def _cached(self, role: str, text: str, version: str | None) -> dict | None:
+    async def _cached(self, role: str, text: str, version: str | None, tenant: str) -> dict | None:
         if self.cache is None or version is None:
             return None
         try:
-            value = await self.cache.get(cache_key(role, text, {role: version}))
+            value = await self.cache.get(cache_key(role, text, {role: version}, tenant=tenant))
         except Exception as e:  # noqa: BLE001 - a cache outage costs latency, not answers
             self._degraded_log.warning("cache get", "cache get failed: %s", type(e).__name__)
             value = None
         self.metrics.cache.labels("hit" if value is not None else "miss").inc()
         return value
 
-    async def _remember(self, role: str, text: str, version: str, value: dict) -> None:
+    async def _remember(self, role: str, text: str, version: str, value: dict, tenant: str) -> None:
         if self.cache is None or not version:
             return
         try:
-            await self.cache.set(cache_key(role, text, {role: version}), value)
+            await self.cache.set(cache_key(role, text, {role: version}, tenant=tenant), value)
         except Exception as e:  # noqa: BLE001
             self._degraded_log.warning("cache set", "cache set failed: %s", type(e).__name__)
 
     # ── one model over a list of texts ──────────────────────────────────────────────────────────────
 
     async def classify(
-        self, role: str, texts: list[str], timings: Timings, session_id: str | None = None
+        self, role: str, texts: list[str], timings: Timings, *, tenant: str, sticky_id: str | None = None
     ) -> tuple[str, list[ClassPrediction], bool]:
-        """Predictions for every text (cached ones from the cache); returns (version, predictions, all cached).
-        Raises `UpstreamError`."""
+        """Predictions for every text (cached ones from `tenant`'s cache); returns (version, predictions, all
+        cached). `sticky_id`: what canary routing sticks to (`SessionKey.sticky_id`). Raises `UpstreamError`."""
         version = self.models.versions().get(role)
-        found = [await self._cached(role, t, version) for t in texts]
+        found = [await self._cached(role, t, version, tenant) for t in texts]
         missing = [i for i, v in enumerate(found) if v is None]
         out: list[ClassPrediction | None] = [
             None if v is None else ClassPrediction(v["label"], v["confidence"], v["probs"]) for v in found
         ]
         if missing:
             with timings.measure(role):
-                answer = await self.models.predict(role, [texts[i] for i in missing], session_id)
+                answer = await self.models.predict(role, [texts[i] for i in missing], sticky_id)
             version = answer.version
             for i, pred in zip(missing, answer.predictions or [], strict=True):
                 out[i] = pred
-                await self._remember(role, texts[i], version, asdict(pred))
+                await self._remember(role, texts[i], version, asdict(pred), tenant)
         return version or "unknown", [p for p in out if p is not None], not missing
 
     async def embed(
-        self, texts: list[str], timings: Timings, session_id: str | None
+        self, texts: list[str], timings: Timings, *, tenant: str, sticky_id: str | None = None
     ) -> tuple[str, np.ndarray]:
-        """Query vectors (cached per text and encoder version). Raises `UpstreamError` / `FaqUnavailable`."""
+        """Query vectors (cached per tenant, text and encoder version). Raises `UpstreamError` /
+        `FaqUnavailable`."""
         if self.kb is None:
             raise FaqUnavailable("the knowledge base is disabled")
         version = self.kb.indexed_version if self.kb.ready else None
-        found = [await self._cached("faq", t, version) for t in texts]
+        found = [await self._cached("faq", t, version, tenant) for t in texts]
         missing = [i for i, v in enumerate(found) if v is None]
         vectors: list[Any] = [None if v is None else np.asarray(v["embedding"], np.float32) for v in found]
         if missing:
-            version, fresh = await self.kb.embed([texts[i] for i in missing], session_id, timings)
+            version, fresh = await self.kb.embed([texts[i] for i in missing], sticky_id, timings)
             for i, vec in zip(missing, fresh, strict=True):
                 vectors[i] = vec
-                await self._remember("faq", texts[i], version, {"embedding": [float(x) for x in vec]})
+                embedding = {"embedding": [float(x) for x in vec]}
+                await self._remember("faq", texts[i], version, embedding, tenant)
         return str(version), np.stack(vectors)
 
     async def search_faq(
-        self, texts: list[str], top_k: int, timings: Timings, session_id: str | None = None
+        self, texts: list[str], top_k: int, timings: Timings, *, tenant: str, sticky_id: str | None = None
     ) -> tuple[str, list[list[FaqHit]]]:
         """Raises `UpstreamError` / `FaqUnavailable`."""
-        version, vectors = await self.embed(texts, timings, session_id)
+        version, vectors = await self.embed(texts, timings, tenant=tenant, sticky_id=sticky_id)
         return version, await self.kb.search_vectors(texts, vectors, top_k, timings, version)
 
     # ── one chat turn ───────────────────────────────────────────────────────────────────────────────
 
-    async def chat(self, session_id: str, text: str, timings: Timings) -> ChatResult:
-        session = await self.sessions.get(session_id)
+    async def chat(self, key: SessionKey, text: str, timings: Timings) -> ChatResult:
+        """One turn of the tenant's conversation `key` (the tenant from the authenticated caller)."""
+        session = await self.sessions.get(key)
         top_k = self.settings.faq_top_k
+        who = {"tenant": key.tenant, "sticky_id": key.sticky_id}
         calls = {
-            "intent": self.classify("intent", [text], timings, session_id),
-            "sentiment": self.classify("sentiment", [text], timings, session_id),
+            "intent": self.classify("intent", [text], timings, **who),
+            "sentiment": self.classify("sentiment", [text], timings, **who),
         }
         if self.kb is not None:  # None: disabled by configuration, which is not a degradation
-            calls["faq"] = self.search_faq([text], top_k, timings, session_id)
+            calls["faq"] = self.search_faq([text], top_k, timings, **who)
         names = list(calls)
         results = await asyncio.gather(*calls.values(), return_exceptions=True)
         answers: dict[str, Any] = {}
@@ -184,7 +196,9 @@ class Orchestrator:
             else Thresholds(self.policy.faq.answer, self.policy.faq.suggest, "policy")
         )
         decision = decide(self.policy, thresholds, Signals(intent, negative, hits, session.unresolved))
-        session.add_turn(intent.label if intent else None, decision.action, text)
+        pii = session.add_turn(
+            intent.label if intent else None, decision.action, text, extractor=self.slot_extractor
+        )
         if decision.action == "handoff":
             session.unresolved = 0
         await self.sessions.save(session)
@@ -196,7 +210,7 @@ class Orchestrator:
         versions = {name: answers[name][0] for name in answers}
         cached = [name for name in ("intent", "sentiment") if name in answers and answers[name][2]]
         return ChatResult(
-            decision, intent, sentiment, negative, hits or [], versions, degraded, session, cached
+            decision, intent, sentiment, negative, hits or [], versions, degraded, session, cached, list(pii)
         )
 
     def negative_score(self, sentiment: ClassPrediction | None) -> float | None:

@@ -102,6 +102,7 @@ class ChatResponse(BaseModel):
                 "model_versions": {"intent": "1", "sentiment": "1", "faq": "1"},
                 "degraded": [],
                 "slots": {},
+                "pii_detected": [],
             }
         }
     )
@@ -118,6 +119,11 @@ class ChatResponse(BaseModel):
     model_versions: dict[str, str] = Field(description="version of each model that answered")
     degraded: list[str] = Field(description="faq_down / intent_down / sentiment_down when an upstream failed")
     slots: dict[str, str] = Field(description="session slots extracted by rule (order_no, masked phone)")
+    pii_detected: list[Literal["resident_id", "bank_card"]] = Field(
+        default_factory=list,
+        description="personal numbers seen in this text (resident ID, bank card): never stored or echoed; "
+        "the app may ask the customer not to send them",
+    )
 
 
 class IntentResponse(BaseModel):

@@ -18,6 +18,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.gateway.slots import DEFAULT_ORDER_NO_PATTERN
+
 DEFAULTS = Path(__file__).resolve().parent / "defaults"
 LOCAL_WORKER = "http://127.0.0.1:8001"
 
@@ -115,6 +117,11 @@ class GatewaySettings(BaseSettings):
         True,
         description="cache model answers per normalised text and model version (the edge's cache: "
         "KEFU_GATEWAY_CACHE_MAX_ENTRIES / _CACHE_TTL_S, Redis when KEFU_GATEWAY_REDIS_URL is set)",
+    )
+    order_no_pattern: str = Field(
+        DEFAULT_ORDER_NO_PATTERN,
+        description="the shop's order-number format (a regular expression matched against a whole token) "
+        "for the `order_no` slot; ID and bank card numbers are refused whatever it says (slots.py)",
     )
 
     # ── canary routing and shadow traffic (issue 7, services/gateway/canary_routing.py) ────────────────
