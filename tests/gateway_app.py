@@ -39,6 +39,11 @@ class Gateway:
     registry: CollectorRegistry
     store: FaqStore
 
+    @property
+    def internal(self) -> TestClient:
+        """A client of the internal port's app (/metrics, the detailed /readyz), sharing the gateway's state."""
+        return TestClient(self.app.state.internal_app)
+
     def sample(self, name: str, **labels) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
 

@@ -170,11 +170,12 @@ def test_a_retired_version_found_on_a_miss_switches_to_the_new_one(gw):
 
 def test_healthz_readyz_metrics(gw):
     assert gw.client.get("/healthz").json() == {"status": "ok"}
-    ready = gw.client.get("/readyz")
+    assert gw.internal.get("/healthz").json() == {"status": "ok"}
+    ready = gw.internal.get("/readyz")  # the detailed answer is on the internal port
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     assert ready.json()["knowledge_base"]["encoder"] == "faq-v1"
     gw.chat("我的手机号是13812345678，快递到哪了")
-    text = gw.client.get("/metrics").text
+    text = gw.internal.get("/metrics").text
     assert "kefu_gateway_request_duration_seconds_bucket" in text and "kefu_faq_store_up 1.0" in text
     assert "13812345678" not in text and "快递到哪了" not in text  # no user text in labels
     assert 'kefu_gateway_model_requests_total{model="intent",outcome="ok",role="stable",version="1"}' in text

@@ -115,7 +115,7 @@ def test_a_dead_replica_is_retried_on_the_other_and_breaks_open(gw):
         assert r.status_code == 200 and r.json()["degraded"] == []
     assert gw.sample("kefu_gateway_upstream_retries_total", upstream="intent") >= 1
     assert gw.sample("kefu_gateway_circuit_state", upstream="intent@127.0.0.1:18001") == 2
-    status = gw.client.get("/readyz").json()["upstreams"]["intent"]["replicas"]
+    status = gw.internal.get("/readyz").json()["upstreams"]["intent"]["replicas"]
     assert {r["upstream"]: r["circuit"] for r in status}["intent@127.0.0.1:18001"] == "open"
 
 
@@ -210,7 +210,7 @@ def test_gateway_starts_and_degrades_without_any_worker(tmp_path):
     app, fake, registry = build(tmp_path, store=demo_store())
     fake.replica(A).mode = fake.replica(B).mode = "down"
     with TestClient(app) as client:
-        ready = client.get("/readyz")
+        ready = TestClient(app.state.internal_app).get("/readyz")  # the detailed answer: internal port
         assert ready.status_code == 503 and ready.json()["knowledge_base"]["ready"] is False
         assert (
             client.post("/v1/chat", json={"session_id": "s", "text": "你好"}, headers=headers()).status_code

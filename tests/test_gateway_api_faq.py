@@ -58,7 +58,7 @@ def test_an_empty_store_is_seeded_from_the_seed_file(tmp_path):
     app, fake, registry = build(tmp_path, store=store, faq_seed_file=DEMO_KB)
     with TestClient(app) as client:
         assert store.count() == 91
-        assert client.get("/readyz").json()["knowledge_base"]["ready"] is True
+        assert TestClient(app.state.internal_app).get("/readyz").json()["knowledge_base"]["ready"] is True
         assert Gateway(app, client, fake, registry, store).sample("kefu_faq_entries", kind="faqs") == 91
 
 
@@ -73,11 +73,11 @@ def test_thresholds_come_from_the_encoder_versions_calibration(tmp_path):
     (repo / "faq" / "thresholds.json").write_text(json.dumps({"versions": {"1": calibration}}), "utf-8")
     app, *_ = build(tmp_path, model_repository=repo)
     with TestClient(app) as client:
-        th = client.get("/readyz").json()["knowledge_base"]["thresholds"]
+        th = TestClient(app.state.internal_app).get("/readyz").json()["knowledge_base"]["thresholds"]
         assert th == {"answer": 0.91, "suggest": 0.72, "source": "calibrated:faq-v1"}
     app, *_ = build(tmp_path, model_repository=tmp_path / "nowhere")
     with TestClient(app) as client:
-        th = client.get("/readyz").json()["knowledge_base"]["thresholds"]
+        th = TestClient(app.state.internal_app).get("/readyz").json()["knowledge_base"]["thresholds"]
         assert th == {"answer": 0.8, "suggest": 0.6, "source": "policy"}  # policy.yaml
 
 
@@ -110,7 +110,7 @@ def test_without_reindex_a_mismatched_collection_keeps_faq_off(tmp_path):
     store = demo(VersionedStore(32, "faq-v0"))
     app, fake, registry = build(tmp_path, store=store, faq_reindex_on_mismatch=False)
     with TestClient(app) as client:
-        kb = client.get("/readyz").json()["knowledge_base"]
+        kb = TestClient(app.state.internal_app).get("/readyz").json()["knowledge_base"]
         assert kb["ready"] is False and "re-index" in kb["error"]
         body = client.post(
             "/v1/chat", json={"session_id": "a", "text": "下单后多久发货？"}, headers=headers()

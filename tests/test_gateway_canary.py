@@ -178,7 +178,7 @@ def test_canary_failure_is_answered_by_stable(make_gw):
     assert errors == 3
     # the canary's failures opened no breaker of the stable workers
     assert all(
-        r["circuit"] == "closed" for r in gw.client.get("/readyz").json()["upstreams"]["intent"]["replicas"]
+        r["circuit"] == "closed" for r in gw.internal.get("/readyz").json()["upstreams"]["intent"]["replicas"]
     )
 
 
@@ -231,7 +231,7 @@ def test_shadow_failures_are_invisible_to_the_client(make_gw, mode):
     assert gw.sample("kefu_gateway_shadow_comparisons_total", model="intent", stable_version="1",
                      canary_version="2", agree="true") == 0  # fmt: skip
     assert all(
-        r["circuit"] == "closed" for r in gw.client.get("/readyz").json()["upstreams"]["intent"]["replicas"]
+        r["circuit"] == "closed" for r in gw.internal.get("/readyz").json()["upstreams"]["intent"]["replicas"]
     )
 
 

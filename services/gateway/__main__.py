@@ -1,4 +1,8 @@
-"""Run the gateway alone: `python -m services.gateway [--port 8000] [--workers '{"intent": [...], ...}']`.
+"""Run the gateway alone: `python -m services.gateway [--port 8000] [--internal-port 9000] [--workers '{...}']`.
+
+Two ports, one process, shared state: the public port (the API, /healthz, a status-only /readyz, /docs in
+development) and the internal port (/metrics, /healthz, the detailed /readyz) for Prometheus and probes. Both
+refuse a request head over `max_header_bytes` with 431 before reading more (services/common/http_limits.py).
 
 Every core option is also a KEFU_GATEWAY_* variable (settings.py); the edge's (API keys, limits, Redis) are
 KEFU_GATEWAY_* variables of `EdgeSettings` (edge.py), the FAQ store's KEFU_FAQ_* (services/faq/settings.py).
@@ -13,8 +17,7 @@ import json
 import os
 import sys
 
-import uvicorn
-
+from services.common.servers import ServerSpec, run_servers
 from services.gateway.edge import EdgeSettings
 from services.gateway.settings import GatewaySettings
 from services.runtime.cli import overrides_of, settings_parser
@@ -35,22 +38,29 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    internal_host = settings.internal_host or settings.host
+    if (internal_host, settings.internal_port) == (settings.host, settings.port):
+        print(f"error: --internal-port: {settings.port} is the public port", file=sys.stderr)
+        return 2
     for key, value in overrides.items():  # the server process rebuilds the same settings from the environment
         text = json.dumps(value) if isinstance(value, dict) else str(value)
         os.environ[f"KEFU_GATEWAY_{key.upper()}"] = text
+    from services.gateway.app import create_app_from_env  # after the environment holds the overrides
+
+    app = create_app_from_env()
     print(
-        f"gateway: http://{settings.host}:{settings.port}  (workers {json.dumps(settings.workers)})",
+        f"gateway: http://{settings.host}:{settings.port}  internal (metrics, readiness): "
+        f"http://{internal_host}:{settings.internal_port}  (workers {json.dumps(settings.workers)})",
         flush=True,
     )
-    uvicorn.run(
-        "services.gateway.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
+    public = ServerSpec(app, settings.host, settings.port, lifespan="on")
+    internal = ServerSpec(app.state.internal_app, internal_host, settings.internal_port)
+    return run_servers(
+        [public, internal],
+        max_header_bytes=settings.max_header_bytes,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,9 +7,16 @@
     POST /v1/faq/search     FAQs for one query or a list                                       (scope chat)
     GET  /healthz           liveness (the process answers)
     GET  /readyz            readiness: 200 when at least one upstream can answer (status ready / degraded),
-                            503 when none can; the body lists every upstream and the knowledge base
-    GET  /metrics           Prometheus (services/gateway/metrics.py)
+                            503 when none can; the body is `{"status": ...}` only
     /admin/faq/...          the FAQ admin API (services/faq/admin.py)                           (scope admin)
+    GET  /docs, /redoc, /openapi.json   only with docs_enabled (default: development mode only)
+
+The internal app (`app.state.internal_app`, served on `internal_port` by the same process, sharing every
+piece of state; never exposed publicly):
+
+    GET  /metrics           Prometheus (services/gateway/metrics.py): tenant names, worker host:port
+    GET  /healthz           liveness
+    GET  /readyz            the same status and codes, with every upstream replica and the knowledge base
 
 `create_app(settings, edge_settings, ...)` takes its dependencies so tests swap in fake workers (an httpx
 transport), an in-memory FAQ store, and their own Prometheus registry. Authentication, rate limits, body and
@@ -64,6 +71,7 @@ from services.gateway.schemas import (
     IntentOut,
     IntentResponse,
     Readiness,
+    ReadinessSummary,
     SentimentOut,
     SentimentResponse,
     TextsRequest,
@@ -217,12 +225,14 @@ def create_app(
                 await asyncio.to_thread(kb.close)
             await edge.close()  # its sessions, cache, rate limiter and Redis
 
+    docs = settings.docs_enabled if settings.docs_enabled is not None else edge_settings.mode == "development"
     app = FastAPI(
         title="kefu gateway",
         version="1.0",
         description="客服 API: one decision per customer message (answer / suggest / clarify / handoff), intent, "
         "sentiment and FAQ search. Authenticate with `X-API-Key: <key>` or `Authorization: Bearer <key or JWT>`.",
         lifespan=lifespan,
+        **({} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     app.state.settings, app.state.pool, app.state.kb, app.state.orchestrator = (
         settings,
@@ -320,19 +330,14 @@ def create_app(
 
     app.include_router(v1)
 
-    @app.get("/healthz", response_model=Health, tags=["ops"])
-    async def healthz():
-        return Health(status="ok")
-
-    @app.get("/readyz", response_model=Readiness, tags=["ops"], responses={503: {"model": Readiness}})
-    async def readyz():
+    def readiness() -> Readiness:
         usable = {role: pool.usable(role) for role in pool.replicas}
-        kb_ready = kb is not None and kb.ready
+        kb_ready = kb is not None and kb.serving  # prepared, and the store answered a live check just now
         can = [usable["intent"], usable["sentiment"]] + (
             [usable["faq"] and kb_ready] if kb is not None else []
         )
         status = "ready" if all(can) else "degraded" if any(can) else "unavailable"
-        body = Readiness(
+        return Readiness(
             status=status,
             upstreams=pool.status(),
             knowledge_base={
@@ -340,12 +345,37 @@ def create_app(
                 "ready": kb_ready,
                 "encoder": kb.embedder.version if kb and kb.embedder else None,
                 "thresholds": kb.thresholds.__dict__ if kb else None,
-                "error": kb.error if kb else None,
+                "error": (kb.error or kb.store_error) if kb else None,
             },
         )
-        return JSONResponse(body.model_dump(), status_code=503 if status == "unavailable" else 200)
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz():
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz", response_model=ReadinessSummary, tags=["ops"], responses={503: {"model": ReadinessSummary}}
+    )
+    async def readyz():
+        """Ready (every upstream usable), degraded (some) or unavailable (503); details on the internal port."""
+        status = readiness().status
+        return JSONResponse({"status": status}, status_code=503 if status == "unavailable" else 200)
+
+    internal = FastAPI(title="kefu gateway (internal)", docs_url=None, redoc_url=None, openapi_url=None)
+    internal.state.public_app = app
+    edge.install(internal)  # request ids, body limit, uniform errors
+    app.state.internal_app = internal
+
+    @internal.get("/healthz", response_model=Health)
+    async def internal_healthz():
+        return Health(status="ok")
+
+    @internal.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def internal_readyz():
+        body = readiness()
+        return JSONResponse(body.model_dump(), status_code=503 if body.status == "unavailable" else 200)
+
+    @internal.get("/metrics", response_class=Response)
     async def prometheus_metrics():
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,4 +1,6 @@
 """The HTTP rim of the gateway: request ids, the body-size limit, and the one place errors become responses.
+(The limiter itself is `services/common/http_limits.py`, shared with the worker; the request-head limit (431)
+is the server's protocol, set up by `__main__.py`.)
 
 Pure ASGI middlewares (no `BaseHTTPMiddleware`: it buffers and breaks streaming) and FastAPI exception
 handlers, all answering the uniform body of `errors.error_body`:
@@ -33,6 +35,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.http_limits import BodyLimitMiddleware, BodyTooLarge
 from services.gateway.errors import ApiError, error_body
 from services.gateway.redaction import install_log_redaction
 
@@ -96,55 +99,10 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class BodyLimitMiddleware:
-    """413 `body_too_large` for a body over `limit` bytes: at once when Content-Length says so, else as soon as
-    the streamed body passes the limit (whatever the app did with the error, the answer is the 413). Paths under
-    `exempt_prefixes` enforce their own limits (the FAQ admin router: 5 MiB imports)."""
-
-    def __init__(self, app: ASGIApp, limit: int, exempt_prefixes: Sequence[str] = ()):
-        self.app, self.limit, self.exempt = app, limit, tuple(exempt_prefixes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.exempt and scope["path"].startswith(self.exempt)):
-            return await self.app(scope, receive, send)
-        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            msg = f"request body of {int(declared)} bytes is over the limit of {self.limit} bytes"
-            return await self._refuse(scope, receive, send, msg)
-        seen, exceeded, started = 0, False, False
-
-        async def limited_receive() -> Message:
-            nonlocal seen, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    exceeded = True
-                    raise ApiError(
-                        413, "body_too_large", f"request body over the limit of {self.limit} bytes"
-                    )
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if exceeded and not started:
-                return  # the app's answer to the error is replaced by the 413 below
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not exceeded or started:
-                raise
-        if exceeded and not started:
-            await self._refuse(scope, receive, send, f"request body over the limit of {self.limit} bytes")
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, message: str) -> None:
-        rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
-        response = error_response(413, "body_too_large", message, rid, {"Connection": "close"})
-        await response(scope, receive, send)
+def refuse_body(scope: Scope, message: str) -> JSONResponse:
+    """The gateway's 413 for `BodyLimitMiddleware` (services/common/http_limits.py): the uniform error body."""
+    rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
+    return error_response(413, "body_too_large", message, rid, {"Connection": "close"})
 
 
 def describe_validation(e: RequestValidationError) -> str:
@@ -177,9 +135,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if isinstance(exc.__cause__, ApiError):  # FastAPI wraps errors raised while reading the body
         return await _api_error(request, exc.__cause__)
+    if isinstance(exc.__cause__, BodyTooLarge):
+        return await _body_too_large(request, exc.__cause__)
     code = HTTP_CODES.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, ensure_ascii=False)
     return error_response(exc.status_code, code, detail, request_id(request), dict(exc.headers or {}))
+
+
+async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BodyTooLarge)
+    return error_response(413, "body_too_large", exc.message, request_id(request), {"Connection": "close"})
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -190,10 +155,13 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_http(app: FastAPI, max_body_bytes: int, exempt_prefixes: Sequence[str] = ()) -> None:
     """Middlewares (request id outermost, then the body limit) and exception handlers on `app`."""
-    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes, exempt_prefixes=tuple(exempt_prefixes))
+    app.add_middleware(
+        BodyLimitMiddleware, limit=max_body_bytes, refuse=refuse_body, exempt_prefixes=tuple(exempt_prefixes)
+    )
     app.add_middleware(RequestIdMiddleware)  # added last = outermost
     handlers: list[tuple[Any, Any]] = [
         (ApiError, _api_error),
+        (BodyTooLarge, _body_too_large),
         (RequestValidationError, _validation_error),
         (HTTPException, _http_error),
         (Exception, _internal_error),

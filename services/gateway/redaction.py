@@ -1,15 +1,24 @@
-"""PII redaction for log lines: mainland mobile numbers, resident ID numbers, bank cards, e-mail addresses.
+"""PII and credential redaction for log lines: mainland mobile numbers, resident ID numbers, bank cards, e-mail
+addresses, bearer tokens, JWTs and `name=value` credentials.
 
 | kind | recognised | written as |
 |---|---|---|
-| e-mail | `local@domain.tld` | `z***@example.com` (first character of the local part kept) |
+| e-mail | `local@domain.tld` (also `%40` for the `@`, as in a query string) | `z***@example.com` (first character of the local part kept) |
 | resident ID | 18 characters: 6-digit region, birth date 18xx/19xx/20xx-MM-DD, 3 digits, digit or X | `110***********123X` |
-| mobile | `1[3-9]` + 9 digits, optionally `+86`/`86` before and `-`/space between the 3-4-4 groups | `138****5678` |
+| mobile | `1[3-9]` + 9 digits, optionally `+86`/`86` before and `-`, `.` or a space between the 3-4-4 groups | `138****5678` |
 | bank card | 13-19 digits (spaces or `-` between groups allowed) passing the Luhn check | `****1234` |
+| bearer credential | `Bearer <token>` | `Bearer ***` |
+| JWT | `eyJ….eyJ….<signature>` | `<jwt>` |
+| named credential | `api_key=…`, `apikey: …`, `x-api-key=…`, `token=…`, `access_token=…`, `password=…`, `secret=…`, `authorization: …` | `api_key=***` |
 
-A number glued to more digits (an order number, a timestamp) is not cut out of it: every pattern needs a
-non-digit (or the text's edge) on both sides. Redaction is for logs: it is deliberately greedy rather than
-precise, and it never sees model input.
+Full-width characters (`１３８１２３４５６７８`, `ｚｈａｎｇ＠ｅｘａｍｐｌｅ．ｃｏｍ`) are recognised like their ASCII forms
+(matching runs on a half-width view of the line, character for character). A number glued to more digits (an
+order number, a timestamp) is not cut out of it: every pattern needs a non-digit (or the text's edge) on both
+sides. Redaction is for logs: it is deliberately greedy rather than precise, and it never sees model input.
+
+uvicorn's access log line (`client - "METHOD path?query HTTP/1.1" status`) is redacted whole, and every value of
+its query string is replaced by `***` (`?api_key=***&page=***`): query strings may carry credentials of any
+shape. `client` is redacted too (it comes from `X-Forwarded-For` behind a trusted proxy).
 
 `install_log_redaction()` adds `RedactionFilter` to the handlers of the root logger and uvicorn's loggers
 (and to `logging.lastResort`), so every line they write is redacted, whatever logger emitted it: the
@@ -22,14 +31,25 @@ from __future__ import annotations
 import logging
 import re
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
+_EMAIL = re.compile(
+    r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*?(?:@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
+)
 _ID = re.compile(
     r"(?<![0-9])([1-9]\d{2})\d{3}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(\d{3}[0-9Xx])"
     r"(?![0-9A-Za-z])"
 )
-_MOBILE = re.compile(r"(?<![0-9])(?:\+?86[- ]?)?(1[3-9]\d)[- ]?(\d{4})[- ]?(\d{4})(?![0-9])")
-_CARD = re.compile(r"(?<![0-9])\d(?:[ -]?\d){12,18}(?![0-9])")
+_MOBILE = re.compile(r"(?<![0-9])(?:\+?86[- .]?)?(1[3-9][0-9])[- .]?([0-9]{4})[- .]?([0-9]{4})(?![0-9])")
+_CARD = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_NAMED = re.compile(
+    r"(?i)(?<![A-Za-z0-9])((?:x-)?api[_-]?key|access[_-]?token|refresh[_-]?token|token|password|passwd|secret"
+    r"|authorization|jwt)(\s*[=:]\s*[\"']?)(?!\*\*\*|bearer\s)[^\s&\"',;]+"
+)
+# full-width ASCII (U+FF01..FF5E) and the ideographic space, one character each: positions stay the same
+_HALF_WIDTH = {0xFF01 + i: 0x21 + i for i in range(0x5E)} | {0x3000: 0x20}
 LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "gunicorn.access")
+ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -49,14 +69,46 @@ def _card(m: re.Match) -> str:
     return m.group(0)
 
 
+def _sub(pattern: re.Pattern[str], repl, text: str) -> str:
+    """`pattern.sub(repl, text)` matched on the half-width view of `text`; unmatched text is kept as it was."""
+    view = text.translate(_HALF_WIDTH)
+    if view == text:
+        return pattern.sub(repl, text)
+    out, last = [], 0
+    for m in pattern.finditer(view):
+        out += [text[last : m.start()], repl(m)]
+        last = m.end()
+    return "".join(out) + text[last:] if out else text
+
+
+_RULES = (
+    (_BEARER, lambda m: f"{m.group(1)} ***"),
+    (_JWT, lambda m: "<jwt>"),
+    (_NAMED, lambda m: f"{m.group(1)}{m.group(2)}***"),
+    (_EMAIL, lambda m: f"{m.group(1)}***@{m.group(2)}"),
+    (_ID, lambda m: f"{m.group(1)}{'*' * 11}{m.group(2)}"),
+    (_MOBILE, lambda m: f"{m.group(1)}****{m.group(3)}"),
+    (_CARD, _card),
+)
+
+
 def redact(text: str) -> str:
-    """`text` with mobile numbers, 18-digit ID numbers, Luhn-valid bank cards and e-mails masked."""
+    """`text` with credentials, mobile numbers, 18-digit ID numbers, Luhn-valid bank cards and e-mails masked
+    (see the module docstring for the shapes)."""
     if not text:
         return text
-    text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    text = _ID.sub(lambda m: f"{m.group(1)}{'*' * 11}{m.group(2)}", text)
-    text = _MOBILE.sub(lambda m: f"{m.group(1)}****{m.group(3)}", text)
-    return _CARD.sub(_card, text)
+    for pattern, repl in _RULES:
+        text = _sub(pattern, repl, text)
+    return text
+
+
+def redact_target(target: str) -> str:
+    """A request target for the access log: the path redacted, every query value `***`."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return redact(path)
+    names = (part.partition("=")[0] for part in query.split("&"))
+    return redact(path) + "?" + "&".join(f"{redact(name)[:64]}=***" for name in names)
 
 
 def mask_phone(phone: str) -> str:
@@ -78,6 +130,18 @@ class RedactionFilter(logging.Filter):
     @staticmethod
     def _redact(record: logging.LogRecord) -> None:
         if getattr(record, "_kefu_redacted", False):  # several handlers share one record
+            return
+        if record.name in ACCESS_LOGGERS and isinstance(record.args, tuple) and len(record.args) == 5:
+            # uvicorn's AccessFormatter unpacks these five arguments: keep their shape
+            client, method, target, version, status = record.args
+            record.args = (
+                redact(str(client)),
+                redact(str(method)),
+                redact_target(str(target)),
+                version,
+                status,
+            )
+            record._kefu_redacted = True
             return
         if isinstance(record.args, tuple) and record.args:
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)

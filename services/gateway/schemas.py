@@ -162,6 +162,12 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class ReadinessSummary(BaseModel):
+    """The public port's /readyz: the status only (the detailed answer is on the internal port)."""
+
+    status: Literal["ready", "degraded", "unavailable"]
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "degraded", "unavailable"]
     upstreams: dict = Field(description="per role: model, version, replicas (up, circuit)")

@@ -34,6 +34,25 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address of `python -m services.gateway`")
     port: int = Field(8000, ge=1, le=65535, description="bind port")
     log_level: str = Field("info", description="log level of the gateway (and uvicorn)")
+    internal_port: int = Field(
+        9000,
+        ge=1,
+        le=65535,
+        description="internal port (same process): GET /metrics, /healthz and the detailed /readyz, for "
+        "Prometheus and probes; never exposed publicly (the chart's NetworkPolicy admits only the monitoring "
+        "namespace)",
+    )
+    internal_host: str | None = Field(None, description="bind address of the internal port; unset = `host`")
+    docs_enabled: bool | None = Field(
+        None,
+        description="/docs and /openapi.json on the public port; unset = on in development, off in production "
+        "(KEFU_GATEWAY_MODE)",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="largest request line + headers on either port; 431 above, before more is read",
+    )
 
     # ── upstream workers ──────────────────────────────────────────────────────────────────────────────
     workers: dict[str, list[str]] = Field(
