@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# Gateway: `python -m services.gateway` (public API on :8000, /healthz, /readyz, /metrics).
+# Gateway: `python -m services.gateway`: public API on :8000 (/v1, /admin/faq, /healthz, a minimal /readyz);
+# internal port :9000 (/metrics, /healthz, the detailed /readyz) for Prometheus and probes only.
 # Build from the repository root:  docker build -f docker/gateway.Dockerfile -t kefu/gateway:0.1.0 .
 # Serving set without paddlepaddle: the gateway calls the workers for every model (the FAQ encoder too) and
 # never imports Paddle (tests/test_images.py checks its import graph), so the ~500 MB engine stays out.
@@ -27,9 +28,10 @@ ENV PATH=/opt/kefu/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     KEFU_GATEWAY_HOST=0.0.0.0 \
-    KEFU_GATEWAY_PORT=8000
+    KEFU_GATEWAY_PORT=8000 \
+    KEFU_GATEWAY_INTERNAL_PORT=9000
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 9000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/healthz', timeout=2)"]
 ENTRYPOINT ["python", "-m", "services.gateway"]

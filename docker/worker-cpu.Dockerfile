@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# CPU inference worker: `python -m services.worker` (Open Inference Protocol on :8001), Paddle Inference + oneDNN.
+# CPU inference worker: `python -m services.worker` (Open Inference Protocol on :8001; /metrics on the internal
+# port :9001, for Prometheus only), Paddle Inference + oneDNN.
 # Build from the repository root:  docker build -f docker/worker-cpu.Dockerfile -t kefu/worker-cpu:0.1.0 .
 # Serving set only (requirements/serving.lock): no paddlenlp, no training or test packages.
 
@@ -32,10 +33,11 @@ ENV PATH=/opt/kefu/venv/bin:$PATH \
     MKL_DEBUG_CPU_TYPE=5 \
     KEFU_WORKER_HOST=0.0.0.0 \
     KEFU_WORKER_PORT=8001 \
+    KEFU_WORKER_INTERNAL_PORT=9001 \
     KEFU_WORKER_REPOSITORY=/models \
     KEFU_RUNNER_DEVICE=cpu
 USER 10001:10001
-EXPOSE 8001
+EXPOSE 8001 9001
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/v2/health/live', timeout=2)"]
 ENTRYPOINT ["python", "-m", "services.worker"]

@@ -42,12 +42,13 @@ ENV PATH=/opt/kefu/venv/bin:$PATH \
     GLOG_minloglevel=2 \
     KEFU_WORKER_HOST=0.0.0.0 \
     KEFU_WORKER_PORT=8001 \
+    KEFU_WORKER_INTERNAL_PORT=9001 \
     KEFU_WORKER_REPOSITORY=/models \
     KEFU_RUNNER_DEVICE=gpu \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
-EXPOSE 8001
+EXPOSE 8001 9001
 HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/v2/health/live', timeout=2)"]
 ENTRYPOINT ["python", "-m", "services.worker"]

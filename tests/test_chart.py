@@ -302,22 +302,90 @@ def test_canary_pool_is_a_second_deployment_with_its_own_service():
     assert script == (CHART / "files" / "pin_version.py").read_text("utf-8")
 
 
-def test_network_policies_admit_only_the_gateway_and_prometheus_to_workers():
+GATEWAY_PODS = {"podSelector": {"matchLabels": {
+    "app.kubernetes.io/name": "kefu", "app.kubernetes.io/instance": "kefu", "app.kubernetes.io/component": "gateway"}}}  # fmt: skip
+PROMETHEUS_PODS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}  # fmt: skip
+
+
+def _rules_by_port(policy: dict) -> dict[str, list | None]:
+    """Named port -> the `from` peers admitted to it (None: anyone)."""
+    out: dict[str, list | None] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port["port"] not in out, f"{policy['metadata']['name']}: port {port['port']} in two rules"
+            out[port["port"]] = rule.get("from")
+    return out
+
+
+def test_network_policies_admit_the_gateway_to_workers_and_only_prometheus_to_internal_ports():
     for scenario in SCENARIOS:
         policies = objects(scenario, "NetworkPolicy")
         workers = next(p for p in policies if p["metadata"]["name"] == "kefu-workers")
-        (rule,) = workers["spec"]["ingress"]
-        gateway, prometheus = rule["from"]
-        assert gateway == {"podSelector": {"matchLabels": {
-            "app.kubernetes.io/name": "kefu", "app.kubernetes.io/instance": "kefu",
-            "app.kubernetes.io/component": "gateway"}}}  # fmt: skip
-        assert prometheus["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+        assert _rules_by_port(workers) == {"http": [GATEWAY_PODS], "internal": [PROMETHEUS_PODS]}, scenario
+        gateway = next(p for p in policies if p["metadata"]["name"] == "kefu-gateway")
+        ingress_from = check.load_values(SCENARIOS[scenario]).get("gateway", {}).get("ingressFrom") or None
+        assert _rules_by_port(gateway) == {"http": ingress_from, "internal": [PROMETHEUS_PODS]}, scenario
         for dep in objects(scenario, "Deployment"):
             labels = dep["spec"]["template"]["metadata"]["labels"]
             assert any(
                 all(labels.get(k) == v for k, v in p["spec"]["podSelector"]["matchLabels"].items())
                 for p in policies
             ), f"{scenario}: {dep['metadata']['name']} has no NetworkPolicy"
+    production = _rules_by_port(by_name("production", "NetworkPolicy", "kefu-gateway"))
+    assert production["http"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]  # fmt: skip
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_metrics_and_detailed_health_are_on_the_internal_port_only():
+    """Issue 11.9: Prometheus scrapes the internal port, probes use it (gateway), the public Service and the
+    API port carry neither /metrics nor the detailed /readyz, docs are off."""
+    for scenario in SCENARIOS:
+        services = objects(scenario, "Service")
+        for dep in objects(scenario, "Deployment"):
+            name = dep["metadata"]["name"]
+            (c,) = dep["spec"]["template"]["spec"]["containers"]
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            env = env_of(c)
+            if c["name"] == "gateway":
+                assert ports == {"http": 8000, "internal": 9000}, name
+                assert (env["KEFU_GATEWAY_PORT"], env["KEFU_GATEWAY_INTERNAL_PORT"]) == ("8000", "9000")
+                assert env["KEFU_GATEWAY_DOCS_ENABLED"] == "false"
+                probes = {k: (c[k]["httpGet"]["path"], c[k]["httpGet"]["port"]) for k in
+                          ("startupProbe", "livenessProbe", "readinessProbe")}  # fmt: skip
+                assert probes == {"startupProbe": ("/healthz", "internal"), "livenessProbe": ("/healthz", "internal"),
+                                  "readinessProbe": ("/readyz", "internal")}, name  # fmt: skip
+            else:
+                assert ports == {"http": 8001, "internal": 9001}, name
+                assert (env["KEFU_WORKER_PORT"], env["KEFU_WORKER_INTERNAL_PORT"]) == ("8001", "9001")
+                assert env["KEFU_WORKER_DOCS_ENABLED"] == "false"
+                assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+            pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+            for svc in (s for s in services if _selects(s["spec"]["selector"], pod_labels)):
+                for port in svc["spec"]["ports"]:
+                    assert port["targetPort"] == port["name"] and port["name"] in ports, svc["metadata"][
+                        "name"
+                    ]
+                if svc["spec"].get("type") not in (None, "ClusterIP"):
+                    assert [p["name"] for p in svc["spec"]["ports"]] == ["http"], (
+                        "internal port on a public Service"
+                    )
+        public = by_name(scenario, "Service", "kefu-gateway")
+        assert [p["name"] for p in public["spec"]["ports"]] == ["http"]
+        assert [
+            p["port"] for p in by_name(scenario, "Service", "kefu-gateway-internal")["spec"]["ports"]
+        ] == [9000]
+        for monitor in objects(scenario, "ServiceMonitor"):
+            (endpoint,) = monitor["spec"]["endpoints"]
+            assert (endpoint["port"], endpoint["path"]) == ("internal", "/metrics")
+            scraped = [s for s in services if _selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+                       and "internal" in {p["name"] for p in s["spec"]["ports"]}]  # fmt: skip
+            assert scraped, (
+                f"{scenario}: {monitor['metadata']['name']} finds no Service with an internal port"
+            )
 
 
 def test_monitoring_objects_carry_the_observability_files():

@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 SERVING = {"gateway": 8000, "worker-cpu": 8001, "worker-gpu": 8001}
-HEALTH_PATHS = {"gateway": "/healthz", "worker-cpu": "/v2/health/live", "worker-gpu": "/v2/health/live"}
+INTERNAL = {"gateway": 9000, "worker-cpu": 9001, "worker-gpu": 9001}  # /metrics (+ the gateway's health)
+HEALTH = {"gateway": "9000/healthz", "worker-cpu": "8001/v2/health/live", "worker-gpu": "8001/v2/health/live"}
 
 
 @dataclass
@@ -96,10 +97,13 @@ def test_runs_as_non_root_with_healthcheck(image):
     assert len(checks) == 1, f"{image}: needs exactly one HEALTHCHECK"
     if image in SERVING:
         assert "CMD" in checks[0] and "urllib.request.urlopen" in checks[0]
-        assert f"127.0.0.1:{SERVING[image]}{HEALTH_PATHS[image]}" in checks[0]
+        assert f"127.0.0.1:{HEALTH[image]}" in checks[0]
         assert "curl" not in checks[0] and "wget" not in checks[0]
         exposed = [rest for instr, rest in final if instr == "EXPOSE"]
-        assert exposed == [str(SERVING[image])]
+        assert exposed == [f"{SERVING[image]} {INTERNAL[image]}"]
+        env = " ".join(rest for instr, rest in final if instr == "ENV")
+        prefix = "KEFU_GATEWAY" if image == "gateway" else "KEFU_WORKER"
+        assert f"{prefix}_PORT={SERVING[image]}" in env and f"{prefix}_INTERNAL_PORT={INTERNAL[image]}" in env
     else:
         assert checks[0] == "NONE", "the trainer is a batch job: HEALTHCHECK NONE, said explicitly"
 

@@ -12,7 +12,10 @@ Args (dict):
   replicas    replica count, or "" when an HPA owns it
   image       image reference
   pullPolicy  image pull policy
-  port        container port (named http)
+  port        container port of the API (named http)
+  internalPort  container port of /metrics (and the gateway's detailed health), named internal: only
+              Prometheus reaches it (NetworkPolicy) and no public Service carries it
+  probePort   http | internal: the port the probes use (kubelet probes are not subject to NetworkPolicy)
   livePath    liveness and startup probe path
   readyPath   readiness probe path
   env         rendered EnvVar list (YAML string)
@@ -95,23 +98,26 @@ spec:
             - name: http
               containerPort: {{ .port }}
               protocol: TCP
+            - name: internal
+              containerPort: {{ .internalPort }}
+              protocol: TCP
           env:
             {{- .env | nindent 12 }}
             {{- with .v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
           startupProbe:
-            httpGet: {path: {{ .livePath }}, port: http}
+            httpGet: {path: {{ .livePath }}, port: {{ .probePort }}}
             periodSeconds: {{ .v.probes.periodSeconds }}
             timeoutSeconds: {{ .v.probes.timeoutSeconds }}
             failureThreshold: {{ .v.probes.startupFailureThreshold }}
           livenessProbe:
-            httpGet: {path: {{ .livePath }}, port: http}
+            httpGet: {path: {{ .livePath }}, port: {{ .probePort }}}
             periodSeconds: {{ .v.probes.periodSeconds }}
             timeoutSeconds: {{ .v.probes.timeoutSeconds }}
             failureThreshold: {{ .v.probes.failureThreshold }}
           readinessProbe:
-            httpGet: {path: {{ .readyPath }}, port: http}
+            httpGet: {path: {{ .readyPath }}, port: {{ .probePort }}}
             periodSeconds: {{ .v.probes.periodSeconds }}
             timeoutSeconds: {{ .v.probes.timeoutSeconds }}
             failureThreshold: {{ .v.probes.failureThreshold }}

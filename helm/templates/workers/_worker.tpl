@@ -14,6 +14,8 @@ imageTag ("" = the pool's), name.
 {{- $env := list
   (dict "name" "KEFU_WORKER_HOST" "value" "0.0.0.0")
   (dict "name" "KEFU_WORKER_PORT" "value" "8001")
+  (dict "name" "KEFU_WORKER_INTERNAL_PORT" "value" "9001")
+  (dict "name" "KEFU_WORKER_DOCS_ENABLED" "value" (toString $w.docsEnabled))
   (dict "name" "KEFU_WORKER_REPOSITORY" "value" $root.Values.modelRepository.mountPath)
   (dict "name" "KEFU_WORKER_MODELS" "value" $w.model)
   (dict "name" "KEFU_WORKER_BACKEND" "value" "paddle")
@@ -54,7 +56,7 @@ imageTag ("" = the pool's), name.
   "replicas" .replicas
   "image" $image
   "pullPolicy" $base.pullPolicy
-  "port" 8001 "livePath" "/v2/health/live" "readyPath" "/v2/health/ready"
+  "port" 8001 "internalPort" 9001 "probePort" "http" "livePath" "/v2/health/live" "readyPath" "/v2/health/ready"
   "env" (toYaml $env)
   "initContainers" (trim (include "kefu.repo.initContainers" $repo))
   "volumes" (trim (include "kefu.repo.volumes" $repo))
@@ -64,7 +66,8 @@ imageTag ("" = the pool's), name.
 ) }}
 {{- end -}}
 
-{{/* The Service of one track of one pool. Args (dict): root, role, track, name. */}}
+{{/* The Service of one track of one pool: the API port for the gateway, the internal port (/metrics) for the
+ServiceMonitor; the NetworkPolicy decides who reaches which. Args (dict): root, role, track, name. */}}
 {{- define "kefu.worker.service" -}}
 apiVersion: v1
 kind: Service
@@ -78,5 +81,9 @@ spec:
     - name: http
       port: 8001
       targetPort: http
+      protocol: TCP
+    - name: internal
+      port: 9001
+      targetPort: internal
       protocol: TCP
 {{- end -}}
