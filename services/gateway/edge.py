@@ -42,8 +42,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Router
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.auth_throttle import FailedAuthThrottle, client_address, parse_networks
 from services.gateway.cache import MemoryCache, RedisCache, ResponseCache
@@ -277,7 +276,7 @@ class Edge:
         naming the field) / HTTPException / any Exception (500, logged with traceback, body without details) in
         the uniform error body, and PII-redacting log configuration (again at ASGI start-up)."""
         # added first = innermost: after the request id and the declared-size 413, before the body is read
-        app.add_middleware(AuthGate, edge=self, router=app.router)
+        app.add_middleware(AuthGate, edge=self)
         install_http(app, self.settings.max_body_bytes, self.settings.body_limit_exempt_prefixes)
         install_log_redaction()
 
@@ -295,7 +294,9 @@ class Edge:
         blocked = await self.auth_throttle.blocked_for(address)
         if blocked > 0:
             raise _throttled(blocked)
-        token = api_key or (bearer.credentials if bearer else None)
+        token = api_key
+        if not token and bearer is not None:  # the raw header: FastAPI's parser strips non-ASCII spaces too
+            token = request.headers.get("authorization", "").partition(" ")[2] or bearer.credentials
         if not token:
             challenge = {"WWW-Authenticate": 'Bearer realm="kefu"'}
             if request.headers.get("authorization"):
@@ -457,34 +458,63 @@ def _throttled(seconds: float) -> ApiError:
 
 
 class AuthGate:
-    """Pure ASGI middleware: for a request to a route of `router` that depends on the edge's `require(scope)`
-    or `admin_dependency(scope)`, `edge.admit(request, scope)` before the app runs, i.e. before anything reads
-    the body; a refusal is answered here in the uniform error body. A request that matches no route (404) or
-    not its method (405), or a public route, passes straight to the router."""
+    """Pure ASGI middleware that authenticates a request before its body is read.
 
-    def __init__(self, app: ASGIApp, edge: Edge, router: Router):
-        self.app, self.edge, self.router = app, edge, router
+    The router picks the route first (so 404 / 405 stay what they are); the first time the app asks for the
+    body, and the route depends on the edge's `require(scope)` or `admin_dependency(scope)`, the gate runs
+    `edge.admit(request, scope)` (credentials, scope, the key's rate limit). Refused: the app is told the
+    client went away (`http.disconnect`, so it reads nothing), whatever it answers is dropped, and the gate
+    sends the refusal in the uniform error body. Routes without a body authenticate in their dependency as
+    before; the dependency reuses a principal the gate admitted."""
+
+    def __init__(self, app: ASGIApp, edge: Edge):
+        self.app, self.edge = app, edge
         self._scopes: dict[int, str | None] = {}  # id(route) -> scope its dependencies require
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        needed = self._needed_scope(scope) if scope["type"] == "http" else None
-        if needed is None:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        try:
-            await self.edge.admit(Request(scope), needed)
-        except ApiError as e:
-            rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
-            response = error_response(e.status, e.code, e.message, rid, e.headers)
-            return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        checked, started = False, False
+        refused: ApiError | None = None
 
-    def _needed_scope(self, scope: Scope) -> str | None:
-        for route in self.router.routes:  # the route the router will pick: the first full match
-            if route.matches(scope)[0] == Match.FULL:
-                if id(route) not in self._scopes:
-                    self._scopes[id(route)] = _auth_scope_of(route)
-                return self._scopes[id(route)]
-        return None
+        async def gated_receive() -> Message:
+            nonlocal checked, refused
+            if not checked:
+                checked = True
+                needed = self._needed_scope(scope.get("route"))
+                if needed is not None and not isinstance(scope.get("state", {}).get("principal"), Principal):
+                    try:
+                        await self.edge.admit(Request(scope), needed)
+                    except ApiError as e:
+                        refused = e
+            if refused is not None:
+                return {"type": "http.disconnect"}
+            return await receive()
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused is not None and not started:
+                return  # the app's answer to the missing body is replaced by the refusal below
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, gated_receive, guarded_send)
+        except Exception:
+            if refused is None or started:
+                raise
+        if refused is not None and not started:
+            rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
+            response = error_response(refused.status, refused.code, refused.message, rid, refused.headers)
+            await response(scope, receive, send)
+
+    def _needed_scope(self, route: Any) -> str | None:
+        if route is None:
+            return None
+        if id(route) not in self._scopes:
+            self._scopes[id(route)] = _auth_scope_of(route)
+        return self._scopes[id(route)]
 
 
 def _auth_scope_of(route: Any) -> str | None:
