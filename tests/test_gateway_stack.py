@@ -45,9 +45,10 @@ def port_open(port: int) -> bool:
 def stack(tmp_path_factory):
     repo = repository()
     data = tmp_path_factory.mktemp("stack")
-    port, worker_port = free_port(), free_port()
+    port, worker_port, internal, worker_internal = free_port(), free_port(), free_port(), free_port()
     argv = [sys.executable, "-m", "services.gateway.stack", "--repository", str(repo), "--port", str(port)]
     argv += ["--worker-port", str(worker_port), "--data-dir", str(data), "--quiet", "--ready-timeout", "400"]
+    argv += ["--internal-port", str(internal), "--worker-internal-port", str(worker_internal)]
     out = open(data / "stack.out", "wb")  # noqa: SIM115
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -55,7 +56,7 @@ def stack(tmp_path_factory):
     ready = None
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            body = httpx.get(url + "/readyz", timeout=5).json()
+            body = httpx.get(f"http://127.0.0.1:{internal}/readyz", timeout=5).json()  # the detailed one
             if body.get("status") == "ready":
                 ready = body
                 break
@@ -67,7 +68,16 @@ def stack(tmp_path_factory):
         proc.wait()
         out.close()
         pytest.fail(f"stack not ready:\n{(data / 'stack.out').read_text('utf-8')[-3000:]}")
-    yield {"url": url, "proc": proc, "port": port, "worker_port": worker_port, "data": data, "ready": ready}
+    yield {
+        "url": url,
+        "proc": proc,
+        "port": port,
+        "worker_port": worker_port,
+        "internal": internal,
+        "worker_internal": worker_internal,
+        "data": data,
+        "ready": ready,
+    }
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
@@ -141,8 +151,21 @@ def test_errors_and_metrics_over_the_wire(stack):
     url = stack["url"]
     r = httpx.post(url + "/v1/chat", json={"session_id": "x", "text": "你好"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
-    metrics = httpx.get(url + "/metrics").text
+    assert httpx.get(url + "/metrics").status_code == 404  # metrics are on the internal port only
+    metrics = httpx.get(f"http://127.0.0.1:{stack['internal']}/metrics").text
     assert "kefu_gateway_requests_total" in metrics and "kefu_faq_entries" in metrics
+    worker_metrics = httpx.get(f"http://127.0.0.1:{stack['worker_internal']}/metrics").text
+    assert "kefu_worker_request_success_total" in worker_metrics
+    assert httpx.get(url + "/readyz").json() == {"status": "ready"}  # public: the status only
+    deadline = time.monotonic() + 10
+    out = ""
+    while "Ctrl-C stops everything" not in out and time.monotonic() < deadline:
+        out = (stack["data"] / "stack.out").read_text("utf-8")
+        time.sleep(0.2)
+    assert (
+        f"127.0.0.1:{stack['internal']}/metrics" in out
+        and f"127.0.0.1:{stack['worker_internal']}/metrics" in out
+    )
 
 
 def test_ctrl_c_stops_every_process(stack):
@@ -151,7 +174,7 @@ def test_ctrl_c_stops_every_process(stack):
     assert len(family) >= 4  # worker, its engine processes, the milvus-lite server, gateway
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
-    for port in (stack["port"], stack["worker_port"]):
+    for port in (stack["port"], stack["worker_port"], stack["internal"], stack["worker_internal"]):
         assert not port_open(port), f"port {port} still open after Ctrl-C"
     alive = [pid for pid in family if Path(f"/proc/{pid}").exists() and not zombie(pid)]
     assert alive == [], f"left behind: {alive}"

@@ -1,12 +1,15 @@
 """The whole local stack on one machine: `python -m services.gateway.stack --repository model_repository`.
 
-1. the inference worker (`python -m services.worker`, port 8001) serving intent, sentiment and faq;
+1. the inference worker (`python -m services.worker`, port 8001; its internal port for /metrics on a free port)
+   serving intent, sentiment and faq;
 2. the FAQ store: a `milvus-lite server` process on a free loopback port, data in `runs/stack/milvus/`
    (`--faq-store embedded`: a milvus-lite file inside the gateway process instead; a set `KEFU_FAQ_URI` wins);
-3. the gateway (`python -m services.gateway`, port 8000), which fills the store with the demo knowledge base
+3. the gateway (`python -m services.gateway`, port 8000; its internal port for /metrics and the detailed /readyz
+   on a free port), which fills the store with the demo knowledge base
    (`data/faq_kb_demo/faq.jsonl`) when the collection is empty, or re-embeds when the collection's encoder
    version differs from the worker's;
-4. waits for each to be ready (progress every few seconds), then prints the URLs and a ready-to-paste `curl`.
+4. waits for each to be ready (progress every few seconds), then prints the URLs (internal ones too) and, in
+   development mode with the shipped demo keys file only, a ready-to-paste `curl` with the demo key.
 
 Ctrl-C (SIGINT) or SIGTERM stops the gateway, the FAQ store, then the worker: SIGTERM to each (the worker closes its engine
 processes itself), then SIGKILL after `--stop-timeout` seconds to whatever is left of its process group (each
@@ -25,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -145,12 +149,39 @@ def gateway_ready(url: str):
     return check
 
 
-def curl_example(url: str) -> str:
+def curl_example(url: str, key_header: str = f"'X-API-Key: {DEMO_KEY}'") -> str:
     body = json.dumps({"session_id": "demo-1", "text": "下单后多久发货？"}, ensure_ascii=False)
     return (
-        f"curl -s -X POST {url}/v1/chat -H 'X-API-Key: {DEMO_KEY}' "
+        f"curl -s -X POST {url}/v1/chat -H {key_header} "
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
     )
+
+
+def access_lines(env: Mapping[str, str], gateway_url: str) -> list[str]:
+    """What the summary says about credentials and docs: the demo key and a `curl` using it only in development
+    mode with the shipped keys file; with its own keys file or in production, a `curl` with a placeholder."""
+    keys_file = env.get("KEFU_GATEWAY_API_KEYS_FILE", "")
+    production = env.get("KEFU_GATEWAY_MODE", "development") == "production"
+    flag = env.get("KEFU_GATEWAY_DOCS_ENABLED", "").strip().lower()
+    docs = flag in ("1", "true", "yes", "on") if flag else not production
+    docs_line = f"  API docs  {gateway_url}/docs" if docs else "  API docs  off (KEFU_GATEWAY_DOCS_ENABLED)"
+    if keys_file or production:
+        keys = f"API keys  {keys_file or 'the shipped file (production refuses it)'}"
+        mode = "production" if production else "development"
+        return [
+            docs_line,
+            f"  {keys}  ({mode} mode; no demo key)",
+            "",
+            "try (with one of your keys in $KEFU_API_KEY):",
+            "  " + curl_example(gateway_url, '"X-API-Key: $KEFU_API_KEY"'),
+        ]
+    return [
+        docs_line,
+        f"  API key   {DEMO_KEY}  (tenant demo, scopes chat + admin; development only)",
+        "",
+        "try:",
+        "  " + curl_example(gateway_url),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="bind address of both servers")
     p.add_argument("--port", type=int, default=8000, help="gateway port")
     p.add_argument("--worker-port", type=int, default=8001, help="worker port")
+    p.add_argument(
+        "--internal-port",
+        type=int,
+        default=0,
+        help="gateway internal port (/metrics, readiness); 0 = a free one",
+    )
+    p.add_argument(
+        "--worker-internal-port", type=int, default=0, help="worker internal port (/metrics); 0 = a free one"
+    )
     p.add_argument("--worker-processes", type=int, default=1, help="worker server processes")
     p.add_argument(
         "--backend", default=None, help="worker engine (paddle | onnxruntime); default: the worker's"
@@ -188,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: {repo} has no {', '.join(missing)} model (run `make models`)", file=sys.stderr)
         return 2
-    for port in (args.worker_port, args.port):
+    internal_port = args.internal_port or free_port(args.host)
+    worker_internal_port = args.worker_internal_port or free_port(args.host)
+    for port in (args.worker_port, args.port, internal_port, worker_internal_port):
         if not port_free(args.host, port):
             print(f"error: {args.host}:{port} is already in use (another stack running?)", file=sys.stderr)
             return 2
@@ -196,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     data.mkdir(parents=True, exist_ok=True)
     worker_url = f"http://{args.host}:{args.worker_port}"
     gateway_url = f"http://{args.host}:{args.port}"
+    gateway_internal = f"http://{args.host}:{internal_port}"
+    worker_internal = f"http://{args.host}:{worker_internal_port}"
     env = dict(os.environ)
     env.update(kv.split("=", 1) for kv in args.extra_env)
     lite_server = args.faq_store == "server" and "KEFU_FAQ_URI" not in env
@@ -207,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         **env,
         "KEFU_GATEWAY_HOST": args.host,
         "KEFU_GATEWAY_PORT": str(args.port),
+        "KEFU_GATEWAY_INTERNAL_PORT": str(internal_port),
         "KEFU_GATEWAY_WORKERS": json.dumps({m: [worker_url] for m in MODELS}),
         "KEFU_GATEWAY_MODEL_REPOSITORY": str(repo),
         "KEFU_GATEWAY_FAQ_SEED_FILE": str(args.kb.resolve()),
@@ -242,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             args.host,
         ]
         worker_argv += ["--port", str(args.worker_port), "--processes", str(args.worker_processes)]
+        worker_argv += ["--internal-port", str(worker_internal_port)]
         if args.backend:
             worker_argv += ["--backend", args.backend]
         print(f">> starting the worker on {worker_url} (loads and warms intent, sentiment, faq)", flush=True)
@@ -257,23 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         children.append(
             Child("gateway", [sys.executable, "-m", "services.gateway"], gateway_env, log("gateway"))
         )
-        ready = wait_until("gateway", gateway_ready(gateway_url), children[-1], args.ready_timeout)
+        ready = wait_until("gateway", gateway_ready(gateway_internal), children[-1], args.ready_timeout)
         kb = ready["knowledge_base"]
-        keys_file = env.get("KEFU_GATEWAY_API_KEYS_FILE")
-        key_line = (
-            f"API keys  {keys_file}"
-            if keys_file
-            else f"API key   {DEMO_KEY}  (tenant demo, scopes chat + admin; development only)"
-        )
-        print(
-            f"\n  gateway   {gateway_url}  (API docs {gateway_url}/docs, metrics {gateway_url}/metrics)\n"
-            f"  worker    {worker_url}/v2\n"
-            f"  FAQ store {env['KEFU_FAQ_URI']}{f' (milvus-lite server, data {data}/milvus)' if lite_server else ''}"
-            f"  (encoder {kb['encoder']}, thresholds {kb['thresholds']})\n"
-            f"  {key_line}\n\n"
-            f"try:\n  {curl_example(gateway_url)}\n\nCtrl-C stops everything.",
-            flush=True,
-        )
+        lite = f" (milvus-lite server, data {data}/milvus)" if lite_server else ""
+        lines = [
+            "",
+            f"  gateway   {gateway_url}  (internal: {gateway_internal}/metrics, {gateway_internal}/readyz)",
+            f"  worker    {worker_url}/v2  (internal: {worker_internal}/metrics)",
+            f"  FAQ store {env['KEFU_FAQ_URI']}{lite}  (encoder {kb['encoder']}, thresholds {kb['thresholds']})",
+            *access_lines(gateway_env, gateway_url),
+            "",
+            "Ctrl-C stops everything.",
+        ]
+        print("\n".join(lines), flush=True)
         while all(c.alive() for c in children):
             time.sleep(0.5)
         dead = next(c for c in children if not c.alive())
