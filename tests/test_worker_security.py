@@ -230,6 +230,7 @@ async def wait_ready(c, timeout_s: float = 60) -> int:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.slow  # starts processes
 def test_a_hung_engine_is_not_ready_and_its_requests_fail_503_in_bounded_time(repo):
     async def main():
         async with serving(repo, engine_factory(repo, 1.0), **ENGINE_SETTINGS) as c:
@@ -263,6 +264,7 @@ def test_a_hung_engine_is_not_ready_and_its_requests_fail_503_in_bounded_time(re
     )
 
 
+@pytest.mark.slow  # starts processes
 def test_a_dead_engine_is_not_ready_per_model_and_refuses_at_once(repo):
     async def main():
         settings = {**ENGINE_SETTINGS, "engine_check_interval_s": 0}  # no watchdog: the state stays dead
@@ -360,6 +362,7 @@ def exchange(port: int, head: bytes, body_chunks=(), timeout_s: float = 5.0) -> 
     return answer.split(b"\r\n", 1)[0], sent, elapsed
 
 
+@pytest.mark.slow  # starts processes
 def test_an_oversize_header_is_refused_431_before_it_is_read(server):
     big = b"x" * (64 * 1024 + 1)
     head = b"GET /v2/health/live HTTP/1.1\r\nHost: w\r\nX-Big: " + big + b"\r\n\r\n"
@@ -370,6 +373,7 @@ def test_an_oversize_header_is_refused_431_before_it_is_read(server):
     assert status.startswith(b"HTTP/1.1 431"), status  # the internal port too
 
 
+@pytest.mark.slow  # starts processes
 def test_a_huge_declared_body_is_refused_413_without_reading_it(server):
     head = (
         b"POST /v2/models/intent/infer HTTP/1.1\r\nHost: w\r\nContent-Type: application/json\r\n"
@@ -380,6 +384,7 @@ def test_a_huge_declared_body_is_refused_413_without_reading_it(server):
     assert elapsed < 2.0
 
 
+@pytest.mark.slow  # starts processes
 def test_a_chunked_body_over_the_limit_is_refused_while_streaming_without_growing_memory(server):
     rss_before = psutil.Process(server["pid"]).memory_info().rss
     total = 64 * 1024 * 1024
@@ -397,6 +402,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_streaming_without_growin
     assert httpx.get(f"http://127.0.0.1:{server['port']}/v2/health/live").status_code == 200
 
 
+@pytest.mark.slow  # starts processes
 def test_access_log_has_routes_not_query_strings_or_headers(server):
     base = f"http://127.0.0.1:{server['port']}"
     secret_query = "api_key=sk-live-abcdef123456&email=li.lei@example.com&phone=139.1287.6543"
@@ -414,3 +420,47 @@ def test_access_log_has_routes_not_query_strings_or_headers(server):
     assert "POST /v2/models/intent/infer 200" in log and "GET /v2/models/intent/ready 200" in log
     for leak in ("sk-live-abcdef123456", "li.lei@example.com", "139.1287.6543", "tok-9f8e7d", "api_key"):
         assert leak not in log, leak
+
+
+@pytest.mark.slow  # starts processes
+def test_two_server_processes_serve_both_ports_and_metrics_add_up(repo, tmp_path):
+    """--processes 2: both processes share both sockets; whichever answers a scrape reports all requests."""
+    port, internal = free_port(), free_port()
+    env = {**os.environ, "KEFU_WORKER_INTERNAL_PORT": str(internal)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    argv = [sys.executable, "-m", "services.worker", "--repository", str(repo), "--models", "intent"]
+    argv += ["--backend", "fake", "--port", str(port), "--processes", "2"]
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        answered = 0
+        for _ in range(12):  # new connections: the kernel spreads them over both processes
+            with httpx.Client() as client:
+                answered += (
+                    client.post(f"http://127.0.0.1:{port}/v2/models/intent/infer", json=INFER).status_code
+                    == 200
+                )
+        scrapes = []
+        for _ in range(4):
+            with httpx.Client() as client:
+                scrapes.append(client.get(f"http://127.0.0.1:{internal}/metrics").text)
+        public_metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").status_code
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert answered == 12 and public_metrics == 404
+    for text in scrapes:
+        assert 'kefu_worker_request_success_total{model="intent",version="1"} 12.0' in text
