@@ -386,3 +386,20 @@ async def test_standalone_faq_admin_router_authenticates_before_the_body():
         )
         assert code_of(r) == (401, "unauthorized")  # a non-ASCII space is not trimmed into a valid key
         assert (await c.get("/admin/faq/faqs", headers=good)).status_code == 200
+
+
+def test_the_server_leaves_x_forwarded_for_to_the_edge(monkeypatch):
+    """uvicorn would rewrite the client address from X-Forwarded-For of any loopback peer (its default
+    --forwarded-allow-ips); the gateway's server must not, so only KEFU_GATEWAY_TRUSTED_PROXIES count."""
+    from services.gateway import __main__ as gateway_main
+    from services.gateway import app as gateway_app_module
+
+    for name in [k for k in os.environ if k.startswith("KEFU_")]:
+        monkeypatch.delenv(name)
+    seen = {}
+    fake_app = FastAPI()
+    fake_app.state.internal_app = FastAPI()
+    monkeypatch.setattr(gateway_app_module, "create_app_from_env", lambda: fake_app)
+    monkeypatch.setattr(gateway_main, "run_servers", lambda specs, **config: seen.update(config) or 0)
+    assert gateway_main.main([]) == 0
+    assert seen["proxy_headers"] is False

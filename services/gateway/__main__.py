@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         max_header_bytes=settings.max_header_bytes,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        proxy_headers=False,  # the edge reads X-Forwarded-For itself, from KEFU_GATEWAY_TRUSTED_PROXIES only
     )
 
 
