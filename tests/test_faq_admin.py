@@ -39,11 +39,16 @@ def run(coro):
 
 
 @asynccontextmanager
-async def admin_api(store=None, embedder=EMB, reindexer=None, auth=True, **settings):
+async def admin_api(store=None, embedder=EMB, reindexer=None, auth=True, bm25_refresher=None, **settings):
     store = store if store is not None else InMemoryFaqStore(DIM)
     keys = {DIGEST: {"faq:admin"}, READER_DIGEST: {"faq:read"}}
     router = create_admin_router(
-        store, embedder, require_admin_key(keys), settings=FaqAdminSettings(**settings), reindexer=reindexer
+        store,
+        embedder,
+        require_admin_key(keys),
+        settings=FaqAdminSettings(**settings),
+        reindexer=reindexer,
+        bm25_refresher=bm25_refresher,
     )
     app = FastAPI()
     app.include_router(router, prefix=PREFIX)
@@ -597,6 +602,37 @@ def test_reindex_failure_and_absence():
             assert (await c.post("/faqs", json=faq("f-1", "问题"))).status_code == 201  # writes resumed
 
     run(main())
+
+
+class FlakyRefresher:
+    """A BM25 refresher whose store is down for its first `failures` calls."""
+
+    def __init__(self, failures: int):
+        self.failures, self.calls, self.rebuilt = failures, 0, []
+
+    def __call__(self, read_entries):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StoreUnavailable("milvus list_aliases failed: Fail connecting to server on 127.0.0.1:19530")
+        self.rebuilt.append(sorted(e.faq_id for e in read_entries()))
+        return {"faqs": len(self.rebuilt[-1])}
+
+
+def test_a_failed_bm25_refresh_is_retried_until_it_succeeds(caplog):
+    """Issue 14.5: FAQs acknowledged just before the store went down must reach keyword ranking once it is back,
+    without waiting for another write: the refresh is retried with a growing wait until it succeeds."""
+
+    async def main():
+        refresher = FlakyRefresher(failures=3)
+        async with admin_api(bm25_refresher=refresher, bm25_refresh_s=0.01, bm25_retry_max_s=0.02) as c:
+            assert (await c.post("/faqs", json=faq("f-1", "问题"))).status_code == 201
+            assert (await c.post("/faqs", json=faq("f-2", "另一个问题"))).status_code == 201
+            await asyncio.wait_for(c.admin._refresh_task, 10)
+            assert refresher.calls == 4 and refresher.rebuilt == [["f-1", "f-2"]]
+
+    run(main())
+    retries = [r.getMessage() for r in caplog.records if "BM25 refresh failed" in r.getMessage()]
+    assert len(retries) == 3 and all("retrying in" in m for m in retries)
 
 
 def test_an_encoder_failure_writes_nothing():

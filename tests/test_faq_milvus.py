@@ -16,6 +16,7 @@ import pytest
 from pymilvus import MilvusException
 
 from services.faq.domain import FaqEntry, ModeNotSupported, ReindexFailed, StoreUnavailable, kb_terms
+from services.faq.milvus_schema import physical_name
 from services.faq.milvus_store import MilvusFaqStore
 from services.faq.reindex import reindex
 from services.faq.store import embed_entries
@@ -345,6 +346,33 @@ def until_ok(call, within_s: float):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_reindex_drops_collections_an_interrupted_rebuild_left(tmp_path):
+    """A process killed between creating the new collection and switching the alias leaves that collection on
+    disk; the next rebuild of the alias drops such orphans once they are old enough (a younger one may be a
+    rebuild running elsewhere), and never a collection an alias points at."""
+    uri = str(tmp_path / "faq.db")
+    store = loaded(uri, KB[:10])
+    day = 24 * 3600
+    try:
+        old = physical_name("faq", V1.version, time.time() - day)  # killed yesterday, mid-rebuild
+        young = physical_name("faq", V2.version, time.time() - 5)  # a rebuild still running
+        other = physical_name("faq", "other", time.time() - day)  # behind another alias: in use
+        for name in (old, young, other):
+            MilvusFaqStore(uri, "faq", DIM, physical_collection=name, embedder_version=V1.version).close()
+        side = MilvusFaqStore(uri, "faq", DIM, physical_collection=other, embedder_version=V1.version)
+        side.point_alias("faq_other")
+        side.close()
+        serving = store.physical_collection
+
+        report = reindex(factory(uri, V1), KB[:10], V1, "faq", drop_grace_s=0)
+        assert report.orphans_dropped == [old]
+        assert report.previous == serving  # dropped as the previous collection, as before
+        assert sorted(store.list_collections()) == sorted([report.collection, young, other])
+        assert store.count() == 10
+    finally:
+        store.close()
 
 
 @pytest.mark.slow

@@ -73,6 +73,12 @@ class FaqAdminSettings(BaseSettings):
         description="milvus-lite only: seconds after the last write before the collection is rebuilt from its "
         "stored vectors so BM25 ranks new FAQs right (its statistics are per segment); 0 = never",
     )
+    bm25_retry_max_s: float = Field(
+        60.0,
+        gt=0,
+        description="a BM25 refresh that fails (store down) is retried after bm25_refresh_s, doubling the wait "
+        "after each failure up to this, until it succeeds",
+    )
 
     def auth(self) -> Callable[..., Any]:
         """The `require_admin_key` dependency for `api_key_sha256`."""

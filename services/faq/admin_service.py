@@ -69,6 +69,7 @@ class FaqAdmin:
         self.store, self.embedder, self.settings, self.reindexer = store, embedder, settings, reindexer
         self.bm25_refresher = bm25_refresher
         self._refresh_task: asyncio.Task | None = None
+        self._refresh_due = 0.0  # event-loop time of the next BM25 refresh
         self.maintenance = False
         self._lock = asyncio.Lock()
         self._reindex_task: asyncio.Task | None = None
@@ -100,27 +101,46 @@ class FaqAdmin:
     def _schedule_bm25_refresh(self) -> None:
         """Debounced: `bm25_refresh_s` after the last write, rebuild the collection from its stored vectors
         under the write lock (writes wait, searches go on through the alias). Only for stores that need it
-        (`MilvusFaqStore.bm25_needs_rebuild_after_writes`: milvus-lite's per-segment BM25 statistics)."""
+        (`MilvusFaqStore.bm25_needs_rebuild_after_writes`: milvus-lite's per-segment BM25 statistics).
+        A later write moves the rebuild back; a running rebuild is never cancelled (its thread would go on
+        without the lock)."""
         if self.bm25_refresher is None or self.settings.bm25_refresh_s <= 0:
             return
-        if self._refresh_task is not None and not self._refresh_task.done():
-            self._refresh_task.cancel()  # a later write restarts the wait
-        self._refresh_task = asyncio.ensure_future(self._bm25_refresh())
+        loop = asyncio.get_running_loop()
+        self._refresh_due = loop.time() + self.settings.bm25_refresh_s
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.ensure_future(self._bm25_refresh())
 
     async def _bm25_refresh(self) -> None:
-        await asyncio.sleep(self.settings.bm25_refresh_s)
-        if self.maintenance:
-            return  # a re-index rebuilds everything anyway
-        try:
-            async with self._lock:
-                report = await run_in_threadpool(self.bm25_refresher, self.read_all)
+        """Runs until a rebuild succeeds after the last write. A failure (the store is down) is retried after
+        `bm25_refresh_s`, doubling up to `bm25_retry_max_s`: FAQs written just before a crash must not stay out
+        of keyword results until some later write."""
+        loop = asyncio.get_running_loop()
+        backoff = self.settings.bm25_refresh_s
+        while True:
+            while (wait := self._refresh_due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            if self.maintenance:
+                return  # a re-index rebuilds everything anyway
+            due = self._refresh_due
+            try:
+                async with self._lock:
+                    report = await run_in_threadpool(self.bm25_refresher, self.read_all)
+            except Exception as e:  # searches keep working on the old collection
+                message = e.message if isinstance(e, FaqError) else f"{type(e).__name__}: {e}"
+                log.warning(
+                    "FAQ BM25 refresh failed, keyword ranking of new FAQs stays degraded; retrying in %.3g s: %s",
+                    backoff,
+                    message,
+                )
+                self._refresh_due = max(self._refresh_due, loop.time() + backoff)
+                backoff = min(backoff * 2, self.settings.bm25_retry_max_s)
+                continue
             if report is not None:
                 log.info("FAQ BM25 statistics refreshed (collection rebuilt in one segment): %s", report)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # searches keep working on the old collection; the next write retries
-            message = e.message if isinstance(e, FaqError) else f"{type(e).__name__}: {e}"
-            log.warning("FAQ BM25 refresh failed, keyword ranking of new FAQs stays degraded: %s", message)
+            if self._refresh_due == due:
+                return  # no write since this rebuild read the knowledge base
+            backoff = self.settings.bm25_refresh_s
 
     def embed(self, entries: Sequence[FaqEntry]) -> list[np.ndarray]:
         try:

@@ -325,6 +325,12 @@ class MilvusFaqStore(FaqStore):
                 return None
             return self._client.describe_alias(alias)["collection_name"]
 
+    def alias_targets(self) -> dict[str, str]:
+        """Every alias in the database and the collection it points at."""
+        with backend_call("list_aliases"):
+            aliases = self._client.list_aliases().get("aliases", [])
+            return {a: self._client.describe_alias(a)["collection_name"] for a in aliases}
+
     def list_collections(self) -> list[str]:
         """Every physical collection in the database (to find collections a crashed re-index left)."""
         with backend_call("list_collections"):

@@ -22,9 +22,11 @@ switch at the same moment (compare `health()["embedder_version"]`).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -33,6 +35,9 @@ from services.faq.milvus_store import MilvusFaqStore, physical_name
 from services.faq.store import Embedder, check_batch, embed_entries
 
 log = logging.getLogger(__name__)
+
+ORPHAN_MIN_AGE_S = 600.0  # an unaliased collection of this alias older than this is an orphan, never a build
+_PHYSICAL = re.compile(r"^[A-Za-z0-9_]+_(?P<stamp>\d{17})$")  # physical_name(): ..._<yyyymmddHHMMSSmmm>
 
 StoreFactory = Callable[[str], MilvusFaqStore]
 """`factory(collection_name)` opens (creating) that physical collection, with `embedder_dim=embedder.dim`,
@@ -50,6 +55,7 @@ class ReindexReport:
     embedder_version: str
     seconds: float
     left_behind: list[str] = field(default_factory=list)
+    orphans_dropped: list[str] = field(default_factory=list)  # collections earlier interrupted rebuilds left
 
 
 def reindex(
@@ -60,6 +66,7 @@ def reindex(
     *,
     batch_size: int = 256,
     drop_grace_s: float = 1.0,
+    orphan_min_age_s: float = ORPHAN_MIN_AGE_S,
 ) -> ReindexReport:
     """Rebuild `alias` from `source_entries` with `embedder`; see the module docstring for the guarantees."""
     started = time.monotonic()
@@ -86,6 +93,7 @@ def reindex(
             raise ReindexFailed(
                 f"{name} holds {rows} rows / {faqs} FAQs, expected {expected_rows} / {len(entries)}"
             )
+        orphans = drop_orphans(store, alias, keep=name, min_age_s=orphan_min_age_s)
         previous = store.alias_target(alias)
         store.point_alias(alias)
         switched = True
@@ -112,8 +120,57 @@ def reindex(
     finally:
         store.close()
     return ReindexReport(
-        alias, name, previous, faqs, rows, embedder.version, round(time.monotonic() - started, 3), left_behind
+        alias,
+        name,
+        previous,
+        faqs,
+        rows,
+        embedder.version,
+        round(time.monotonic() - started, 3),
+        left_behind,
+        orphans,
     )
+
+
+def drop_orphans(
+    store: MilvusFaqStore,
+    alias: str,
+    keep: str,
+    min_age_s: float = ORPHAN_MIN_AGE_S,
+    now: float | None = None,
+) -> list[str]:
+    """Drops the collections that rebuilds of `alias` left behind: named `<alias>_<version>_<UTC stamp>`
+    (`physical_name`), behind no alias, not `keep`, and created more than `min_age_s` ago (a rebuild running
+    elsewhere right now is younger). A process killed mid-rebuild (or a failed drop of the previous collection)
+    leaves one on disk each time; without this they pile up. Failures are logged, never raised."""
+    now = time.time() if now is None else now
+    try:
+        targets = set(store.alias_targets().values())
+        names = store.list_collections()
+    except FaqError as e:
+        log.warning("re-index of %s: could not list collections to drop orphans: %s", alias, e.message)
+        return []
+    dropped = []
+    for name in names:
+        match = _PHYSICAL.match(name)
+        if not match or not name.startswith(f"{alias}_") or name == keep or name in targets:
+            continue
+        try:
+            created = datetime.strptime(match["stamp"], "%Y%m%d%H%M%S%f").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+        if now - created < min_age_s:
+            continue
+        try:
+            store.drop_collection(name)
+        except FaqError as e:
+            log.warning("re-index of %s: could not drop orphan collection %s: %s", alias, name, e.message)
+            continue
+        log.warning(
+            "re-index of %s: dropped orphan collection %s (left by an interrupted rebuild)", alias, name
+        )
+        dropped.append(name)
+    return dropped
 
 
 def _abandon(store: MilvusFaqStore | None, alias: str, name: str, switched: bool) -> None:

@@ -53,6 +53,11 @@ class KbStore(FaqStore):
             return {"ok": False, "error": self.kb.error}
         return self.kb.store.health()
 
+    def probe(self) -> str | None:
+        if self.kb.store is None:
+            return self.kb.error or "the knowledge base is not open yet"
+        return self.kb.store.probe()
+
     def close(self) -> None:  # the knowledge base owns the store
         pass
 
