@@ -2,7 +2,9 @@
 
     python -m models.default_data --data ../shared/data --out data
 
-data/sentiment/{train,dev}.jsonl  = waimai_10k + online_shopping_10_cats (train / dev splits), with `source`
+data/sentiment/{train,dev}.jsonl  = 3-class customer-service sentiment (negative / neutral / positive): review
+                                    polarity + neutral requests + angry customer messages, with `source`
+                                    (models/sentiment_data.py says what comes from where)
 data/faq_pairs/{train,dev}.jsonl  = atec_nlp_sim pairs (train / dev) + pairs from the demo FAQ knowledge base:
                                     (standard question, alternative phrasing) in train,
                                     (standard question, held-out user query) in dev.
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from models.corpus import read_records
+from models.sentiment_data import build_split
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -32,12 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("data"))
     args = p.parse_args(argv)
-    for split in ("train", "dev"):
-        rows = []
-        for source in ("waimai_10k", "online_shopping_10_cats"):
-            for _, rec in read_records(args.data / source / f"{split}.jsonl"):
-                rows.append({"text": rec["text"], "label": rec["label"], "source": source})
-        _write(args.out / "sentiment" / f"{split}.jsonl", rows)
+    train = build_split("train", args.data, args.out)
+    _write(args.out / "sentiment" / "train.jsonl", train)
+    dev = build_split("dev", args.data, args.out, exclude={r["text"] for r in train})
+    _write(args.out / "sentiment" / "dev.jsonl", dev)
 
     faq = [rec for _, rec in read_records(args.out / "faq_kb_demo" / "faq.jsonl")]
     questions = {f["id"]: f["question"] for f in faq}

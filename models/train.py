@@ -43,6 +43,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pooling", choices=["mean", "cls"], default="mean", help="classifier: token mean or [CLS] pooler"
     )
+    p.add_argument(
+        "--wide-buckets",
+        type=int,
+        default=0,
+        help="classifier: add a wide branch, a bag of hashed character n-grams with this many rows (0 = none)",
+    )
+    p.add_argument("--wide-dim", type=int, default=32, help="wide branch: embedding width")
+    p.add_argument("--wide-ngrams", default="1,2,3", help="wide branch: n-gram orders, comma-separated")
+    p.add_argument("--wide-lr-scale", type=float, default=20.0, help="wide branch: learning-rate multiplier")
+    p.add_argument(
+        "--class-weights",
+        choices=["none", "balanced"],
+        default="none",
+        help="classifier: balanced = loss weights n / (k * n_label), for macro-F1 on skewed labels",
+    )
     p.add_argument("--max-seq-len", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--max-steps", type=int, default=0)
@@ -86,7 +101,14 @@ def _load_data(args):
 
 
 def train(args: argparse.Namespace) -> dict:
-    from models.modeling import ARCHS, ErnieClassifier, ErnieSentenceEncoder, load_backbone, save_network
+    from models.modeling import (
+        ARCHS,
+        ErnieClassifier,
+        ErnieSentenceEncoder,
+        WideConfig,
+        load_backbone,
+        save_network,
+    )
     from models.training import TrainOptions, seed_everything, train_classifier, train_encoder
 
     train_data, dev_data, labels, texts = _load_data(args)
@@ -116,9 +138,15 @@ def train(args: argparse.Namespace) -> dict:
         progress=not args.no_progress,
     )
     started = time.time()
+    wide = None
+    if args.task == "classification" and args.wide_buckets:
+        ngrams = tuple(int(n) for n in args.wide_ngrams.split(","))
+        wide = WideConfig(args.wide_buckets, args.wide_dim, ngrams, args.wide_lr_scale)
     if args.task == "classification":
-        net = ErnieClassifier(backbone, len(labels), pooling=args.pooling)
-        temperature, report = train_classifier(net, tokenizer, train_data, dev_data, labels, opts)
+        net = ErnieClassifier(backbone, len(labels), pooling=args.pooling, wide=wide)
+        temperature, report = train_classifier(
+            net, tokenizer, train_data, dev_data, labels, opts, class_weights=args.class_weights
+        )
         (staging / "labels.txt").write_text("\n".join(labels) + "\n", "utf-8")
     else:
         net = ErnieSentenceEncoder(backbone)
@@ -132,6 +160,8 @@ def train(args: argparse.Namespace) -> dict:
         "temperature": temperature,
         "pooling": args.pooling if args.task == "classification" else "mean",
         "max_seq_len": args.max_seq_len,
+        "wide": asdict(wide) if wide else None,
+        "class_weights": args.class_weights if args.task == "classification" else None,
         "embedding_dim": backbone.config.hidden_size if args.task == "embedding" else None,
         "init": str(args.init) if args.init else None,
         "arch": asdict(ARCHS[args.arch]) if not args.init else None,

@@ -62,7 +62,10 @@ def _optimizer(net, total_steps: int, opts: TrainOptions):
     warmup = max(1, int(total_steps * opts.warmup_ratio))
     decay = paddle.optimizer.lr.PolynomialDecay(opts.learning_rate, max(1, total_steps - warmup), end_lr=0.0)
     schedule = paddle.optimizer.lr.LinearWarmup(decay, warmup, 0.0, opts.learning_rate)
-    no_decay = {p.name for n, p in net.named_parameters() if "bias" in n or "norm" in n}
+    # biases, norms and the wide branch's n-gram table (mostly rows a batch never touches) are not decayed
+    no_decay = {
+        p.name for n, p in net.named_parameters() if "bias" in n or "norm" in n or n.startswith("wide.")
+    }
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule,
         parameters=net.parameters(),
@@ -154,18 +157,27 @@ def train_classifier(
     dev: list[TextExample],
     labels: list[str],
     opts: TrainOptions,
+    class_weights: str = "none",
 ) -> tuple[float, dict]:
-    """Train in place; returns (temperature fitted on dev, dev report with calibrated probabilities)."""
+    """Train in place; returns (temperature fitted on dev, dev report with calibrated probabilities).
+
+    `class_weights="balanced"` weighs each example's loss by n / (k * n_label) (labels absent from train get 1).
+    """
     seed_everything(opts.seed)
     index = {label: i for i, label in enumerate(labels)}
     ids = tokenizer.encode_ids([e.text for e in train])
     y = np.array([index[e.label] for e in train], dtype=np.int64)
     dev_texts = [e.text for e in dev]
     dev_y = np.array([index[e.label] for e in dev], dtype=np.int64)
+    weight = None
+    if class_weights == "balanced":
+        weight = paddle.to_tensor(balanced_class_weights(y, len(labels)))
+    elif class_weights != "none":
+        raise ValueError(f"class_weights must be none or balanced, got {class_weights!r}")
 
     def step_fn(batch):
         logits = net(paddle.to_tensor(tokenizer.pad([ids[i] for i in batch])))
-        return F.cross_entropy(logits, paddle.to_tensor(y[batch]))
+        return F.cross_entropy(logits, paddle.to_tensor(y[batch]), weight=weight)
 
     def evaluate() -> float:
         logits = forward_in_batches(net, tokenizer, dev_texts)
@@ -178,6 +190,15 @@ def train_classifier(
     report["ece_uncalibrated"] = round(expected_calibration_error(calibrated_probs(logits, 1.0), dev_y), 4)
     report["temperature"] = round(temperature, 4)
     return temperature, {**report, "training": info}
+
+
+def balanced_class_weights(y: np.ndarray, num_labels: int) -> np.ndarray:
+    """n / (k * n_label) per label, as float32; a label with no example gets weight 1."""
+    counts = np.bincount(y, minlength=num_labels).astype(np.float64)
+    present = counts > 0
+    weights = np.ones(num_labels)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return weights.astype(np.float32)
 
 
 def train_encoder(
