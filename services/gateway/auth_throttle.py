@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
+from services.gateway.errors import ApiError
 from services.gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter
 
 log = logging.getLogger(__name__)
@@ -161,3 +162,14 @@ class FailedAuthThrottle:
     async def close(self) -> None:
         await self._buckets.close()
         self._blocks.clear()
+
+
+def throttled(seconds: float) -> ApiError:
+    """429 `auth_throttled` with `Retry-After` (whole seconds, at least 1)."""
+    retry = str(max(1, math.ceil(seconds)))
+    return ApiError(
+        429,
+        "auth_throttled",
+        f"too many refused credentials from this address; retry after {retry} s",
+        {"Retry-After": retry},
+    )

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,11 +40,11 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.auth_throttle import FailedAuthThrottle, client_address, parse_networks
+from services.gateway.auth_gate import AuthGate
+from services.gateway.auth_throttle import FailedAuthThrottle, client_address, parse_networks, throttled
 from services.gateway.cache import MemoryCache, RedisCache, ResponseCache
-from services.gateway.edge_http import error_response, install_http
+from services.gateway.edge_http import install_http
 from services.gateway.errors import ApiError
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -276,7 +274,7 @@ class Edge:
         naming the field) / HTTPException / any Exception (500, logged with traceback, body without details) in
         the uniform error body, and PII-redacting log configuration (again at ASGI start-up)."""
         # added first = innermost: after the request id and the declared-size 413, before the body is read
-        app.add_middleware(AuthGate, edge=self)
+        app.add_middleware(AuthGate, admit=self.admit)
         install_http(app, self.settings.max_body_bytes, self.settings.body_limit_exempt_prefixes)
         install_log_redaction()
 
@@ -293,7 +291,7 @@ class Edge:
         address = self.client_address(request)
         blocked = await self.auth_throttle.blocked_for(address)
         if blocked > 0:
-            raise _throttled(blocked)
+            raise throttled(blocked)
         token = api_key
         if not token and bearer is not None:  # the raw header: FastAPI's parser strips non-ASCII spaces too
             token = request.headers.get("authorization", "").partition(" ")[2] or bearer.credentials
@@ -316,7 +314,7 @@ class Edge:
                 raise
             blocked = await self.auth_throttle.failed(address)
             if blocked > 0:
-                raise _throttled(blocked) from None
+                raise throttled(blocked) from None
             raise
 
     async def admit(self, request: Request, scope: str) -> Principal:
@@ -445,86 +443,3 @@ class Edge:
         await self.auth_throttle.close()
         if self._owns_redis and self.redis is not None:
             await self.redis.aclose()
-
-
-def _throttled(seconds: float) -> ApiError:
-    retry = str(max(1, math.ceil(seconds)))
-    return ApiError(
-        429,
-        "auth_throttled",
-        f"too many refused credentials from this address; retry after {retry} s",
-        {"Retry-After": retry},
-    )
-
-
-class AuthGate:
-    """Pure ASGI middleware that authenticates a request before its body is read.
-
-    The router picks the route first (so 404 / 405 stay what they are); the first time the app asks for the
-    body, and the route depends on the edge's `require(scope)` or `admin_dependency(scope)`, the gate runs
-    `edge.admit(request, scope)` (credentials, scope, the key's rate limit). Refused: the app is told the
-    client went away (`http.disconnect`, so it reads nothing), whatever it answers is dropped, and the gate
-    sends the refusal in the uniform error body. Routes without a body authenticate in their dependency as
-    before; the dependency reuses a principal the gate admitted."""
-
-    def __init__(self, app: ASGIApp, edge: Edge):
-        self.app, self.edge = app, edge
-        self._scopes: dict[int, str | None] = {}  # id(route) -> scope its dependencies require
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        checked, started = False, False
-        refused: ApiError | None = None
-
-        async def gated_receive() -> Message:
-            nonlocal checked, refused
-            if not checked:
-                checked = True
-                needed = self._needed_scope(scope.get("route"))
-                if needed is not None and not isinstance(scope.get("state", {}).get("principal"), Principal):
-                    try:
-                        await self.edge.admit(Request(scope), needed)
-                    except ApiError as e:
-                        refused = e
-            if refused is not None:
-                return {"type": "http.disconnect"}
-            return await receive()
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if refused is not None and not started:
-                return  # the app's answer to the missing body is replaced by the refusal below
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, gated_receive, guarded_send)
-        except Exception:
-            if refused is None or started:
-                raise
-        if refused is not None and not started:
-            rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
-            response = error_response(refused.status, refused.code, refused.message, rid, refused.headers)
-            await response(scope, receive, send)
-
-    def _needed_scope(self, route: Any) -> str | None:
-        if route is None:
-            return None
-        if id(route) not in self._scopes:
-            self._scopes[id(route)] = _auth_scope_of(route)
-        return self._scopes[id(route)]
-
-
-def _auth_scope_of(route: Any) -> str | None:
-    """The scope of the first edge auth dependency (tagged `kefu_auth_scope`) in the route's dependency tree."""
-    dependant = getattr(route, "dependant", None)
-    pending = [dependant] if dependant is not None else []
-    while pending:
-        d = pending.pop(0)
-        needed = getattr(d.call, "kefu_auth_scope", None)
-        if needed:
-            return needed
-        pending.extend(d.dependencies)
-    return None
