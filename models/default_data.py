@@ -5,6 +5,8 @@
 data/sentiment/{train,dev}.jsonl  = 3-class customer-service sentiment (negative / neutral / positive): review
                                     polarity + neutral requests + angry customer messages, with `source`
                                     (models/sentiment_data.py says what comes from where)
+data/intent/train.jsonl           = intent_cs_demo train + the demo KB's standard questions and alternatives of the
+                                    request categories (物流查询 … 账户/密码), labelled with their category
 data/faq_pairs/{train,dev}.jsonl  = atec_nlp_sim pairs (train / dev) + pairs from the demo FAQ knowledge base:
                                     (standard question, alternative phrasing) in train,
                                     (standard question, held-out user query) in dev.
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 from models.corpus import read_records
-from models.sentiment_data import build_split
+from models.sentiment_data import REQUEST_INTENTS, build_split
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -28,6 +30,24 @@ def _write(path: Path, rows: list[dict]) -> None:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"{path}: {len(rows)} rows")
+
+
+def intent_train_rows(data: Path, faq: list[dict]) -> list[dict]:
+    """intent_cs_demo train, then KB phrasings of the request categories (the 投诉 FAQs are questions about how
+    to complain, "怎么鉴定真假" among them: as 投诉 examples they would teach the model to hand plain questions
+    over), first occurrence of a text wins."""
+    rows = [
+        {"text": r["text"], "label": r["label"]}
+        for _, r in read_records(data / "intent_cs_demo" / "train.jsonl")
+    ]
+    rows += [
+        {"text": text, "label": f["category"]}
+        for f in faq
+        if f["category"] in REQUEST_INTENTS
+        for text in (f["question"], *f["alternatives"])
+    ]
+    seen: set[str] = set()
+    return [r for r in rows if not (r["text"] in seen or seen.add(r["text"]))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     _write(args.out / "sentiment" / "dev.jsonl", dev)
 
     faq = [rec for _, rec in read_records(args.out / "faq_kb_demo" / "faq.jsonl")]
+    _write(args.out / "intent" / "train.jsonl", intent_train_rows(args.out, faq))
     questions = {f["id"]: f["question"] for f in faq}
     train = [
         {**rec, "source": "atec_nlp_sim"}

@@ -22,7 +22,7 @@ DEFAULTS = [
     ModelSpec(
         "intent",
         "classification",
-        DATA / "intent_cs_demo" / "train.jsonl",
+        DATA / "intent" / "train.jsonl",
         DATA / "intent_cs_demo" / "dev.jsonl",
         labels=DATA / "intent_cs_demo" / "labels.txt",
         options={
@@ -76,6 +76,27 @@ def calibrate_faq(model_dir: Path) -> dict:
     return {"faq_thresholds": asdict(thresholds)}
 
 
+def handoff_report(repository: Path) -> dict:
+    """Hand-over figures of the sentiment (and intent) models on dev, with the proposed P(negative) threshold;
+    written beside the sentiment model's config.yaml as handoff.json (`models.handoff_report` explains)."""
+    from models.evaluate import open_version
+    from models.handoff_report import main as report_main
+
+    out = repository / "sentiment" / "handoff.json"
+    argv = ["--sentiment", str(repository / "sentiment"), "--out", str(out)]
+    if (repository / "intent" / "config.yaml").is_file():
+        argv += ["--intent", str(repository / "intent")]
+    report_main(argv)
+    report = json.loads(out.read_text("utf-8"))
+    report["versions"] = {
+        name: open_version(repository / name).version
+        for name in ("sentiment", "intent")
+        if (repository / name / "config.yaml").is_file()
+    }
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.defaults", description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
@@ -94,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(summary_row(report))
         if spec.task == "embedding":
             print(json.dumps(calibrate_faq(args.repository / spec.name), ensure_ascii=False, indent=2))
+    if not args.only or "sentiment" in args.only:
+        print("== hand-over figures on dev (sentiment/handoff.json)", file=sys.stderr, flush=True)
+        handoff_report(args.repository)
     print(f"== default models built in {time.time() - started:.0f} s into {args.repository}/")
     print_summary(rows)
     return 0
