@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks eval-faq faq-thresholds bench bench-runner bench-worker bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s canary-demo
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq eval-chat faq-thresholds bench bench-runner bench-worker bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s canary-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,8 +64,11 @@ benchmarks: setup ## train + export + dev-evaluate one model per benchmark datas
 eval-faq: setup ## dense vs BM25 vs hybrid FAQ retrieval through milvus-lite: make eval-faq DATA=pairs.jsonl [MODEL=dir]
 	$(PY) -m services.faq.evaluate --data $(DATA) $(if $(MODEL),--model $(MODEL))
 
-faq-thresholds: setup ## re-calibrate answer/suggest thresholds of the serving FAQ encoder on the demo KB queries
-	$(PY) -m services.faq.thresholds --model $(REPO)/faq --write
+eval-chat: setup $(REPO)/.built ## the labelled chat set (data/chat_eval) through the local stack: answer / hand-over rates + intent confusion (POLICY=file, LABEL=name)
+	$(PY) -m bench.eval_chat --repository $(REPO) $(if $(POLICY),--policy $(POLICY)) $(if $(LABEL),--label $(LABEL)) $(if $(URL),--url $(URL))
+
+faq-thresholds: setup ## fit the answer confidence of the serving FAQ encoder and choose its answer/suggest thresholds (KB + queries_dev, tuned on data/chat_eval)
+	$(PY) -m services.faq.thresholds --model $(REPO)/faq --intent $(REPO)/intent --tune data/chat_eval/chat_dev.jsonl --write
 
 bench: bench-runner bench-worker bench-faq bench-gateway ## every benchmark below
 

@@ -125,3 +125,77 @@ def test_templates_and_thresholds_are_configuration(tmp_path):
     d = decide(p, TH, Signals(intent("退款"), 0.1, None))
     assert (d.action, d.handoff_reason, d.reply) == ("handoff", "refund_desk", p.templates.handoff_default)
     assert decide(p, TH, Signals(intent("投诉"), 0.1, None)).action == "clarify"  # the table was replaced
+
+
+# ── the answer confidence (issue 12) ────────────────────────────────────────────────────────────────
+
+
+def conf_model(**weights: float):
+    """A hand-set confidence model: the named feature weights, the rest 0."""
+    from services.faq.confidence import FEATURES, AnswerConfidence
+
+    return AnswerConfidence(tuple(weights.get(f, 0.0) for f in FEATURES), weights.get("bias", 0.0))
+
+
+def kb_hit(faq_id: str, cosine: float, question: str, answer: str, category: str, score: float) -> FaqHit:
+    return FaqHit(
+        faq_id=faq_id, question=question, answer=answer, category=category, matched_text=question,
+        matched_standard=True, score=score, source="hybrid", cosine=cosine,
+    )  # fmt: skip
+
+
+REPAIR = kb_hit("faq-022", 0.86, "商品坏了怎么申请保修或维修？", "可在订单页申请维修。", "退换货", 0.98)
+SHIPPING = kb_hit("faq-009", 0.90, "运费怎么收？满多少包邮？", "满99元包邮。", "物流查询", 0.95)
+
+
+def test_the_confidence_ranks_the_hits_and_the_most_probable_faq_answers():
+    # the raw cosine prefers the shipping FAQ; the words the message shares with the repair FAQ and the
+    # intent's agreement with its category make the repair FAQ the probable answer
+    model = conf_model(overlap_faq_chars=6.0, intent_agrees=3.0, intent_disagrees=-3.0, bias=-4.0)
+    th = Thresholds(0.6, 0.2, "calibrated:test", model)
+    s = Signals(intent("退换货"), 0.1, [SHIPPING, REPAIR], text="耳机坏了能修吗")
+    d = decide(POLICY, th, s)
+    assert d.action == "answer" and [h.faq_id for h in d.hits] == ["faq-022"]
+    assert d.score is not None and d.score >= 0.6
+    # by cosine alone (no confidence model) the same hits answer with the shipping FAQ
+    assert decide(POLICY, Thresholds(0.88, 0.6, "policy"), s).hits[0].faq_id == "faq-009"
+
+
+def test_below_the_answer_confidence_the_suggestions_are_ordered_by_it():
+    model = conf_model(overlap_faq_chars=6.0, intent_agrees=3.0, intent_disagrees=-3.0, bias=-4.0)
+    th = Thresholds(0.99, 0.0001, "calibrated:test", model)
+    d = decide(POLICY, th, Signals(intent("退换货"), 0.1, [SHIPPING, REPAIR], text="耳机坏了能修吗"))
+    assert d.action == "suggest" and [h.faq_id for h in d.hits] == ["faq-022", "faq-009"]
+
+
+COMPLAINT_FAQ = kb_hit("faq-059", 0.9, "如何投诉快递员或配送服务？", "在订单页投诉。", "投诉", 0.99)
+
+
+def test_a_confident_faq_of_the_handoff_intents_category_answers_instead_of_handing_over():
+    th = Thresholds(0.8, 0.6, "test")
+    d = decide(POLICY, th, Signals(intent("投诉"), 0.1, [COMPLAINT_FAQ], text="快递员骂人在哪投诉"))
+    assert d.action == "answer" and d.hits[0].faq_id == "faq-059"
+    # not sure enough of the FAQ, or a FAQ of another category, or the rule switched off: hand over
+    assert (
+        decide(POLICY, Thresholds(0.95, 0.6, "test"), Signals(intent("投诉"), 0.1, [COMPLAINT_FAQ])).action
+        == "handoff"
+    )
+    assert decide(POLICY, th, Signals(intent("投诉"), 0.1, [hit("f1", 0.99)])).handoff_reason == "complaint"
+    off = POLICY.model_copy(
+        update={"intent": POLICY.intent.model_copy(update={"answer_handoff_faqs": False})}
+    )
+    assert decide(off, th, Signals(intent("投诉"), 0.1, [COMPLAINT_FAQ])).handoff_reason == "complaint"
+
+
+def test_each_sentiment_version_hands_over_at_its_own_threshold(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("sentiment:\n  negative_handoff_at: 0.99\n  negative_handoff_at_version: {'2': 0.6}\n")
+    policy = Policy.load(path)
+    th = Thresholds(0.8, 0.6, "test")
+    v1 = Signals(intent("物流查询"), 0.7, [hit("f1", 0.9)], sentiment_version="1")
+    v2 = Signals(intent("物流查询"), 0.7, [hit("f1", 0.9)], sentiment_version="2")
+    assert decide(policy, th, v1).action == "answer"
+    assert decide(policy, th, v2).handoff_reason == "negative_sentiment"
+    path.write_text("sentiment:\n  negative_handoff_at_version: {'2': 1.5}\n")
+    with pytest.raises(ValueError, match="negative_handoff_at_version.2"):
+        Policy.load(path)

@@ -251,7 +251,15 @@ class KnowledgeBase:
                 log.warning("thresholds.json unreadable (%s): using the policy's thresholds", e)
                 calibrated = None
             if calibrated is not None:
-                return Thresholds(calibrated.answer, calibrated.suggest, f"calibrated:{calibrated.encoder}")
+                confidence = calibrated.answer_confidence()  # None: an old, cosine-only calibration
+                if confidence is not None and confidence.search_mode != self.settings.faq_search_mode:
+                    log.warning(
+                        "answer confidence fitted on %s search, the gateway runs %s: using the policy's "
+                        "thresholds", confidence.search_mode, self.settings.faq_search_mode,
+                    )  # fmt: skip
+                    return Thresholds(self.policy.faq.answer, self.policy.faq.suggest, "policy")
+                source = f"calibrated:{calibrated.encoder}"
+                return Thresholds(calibrated.answer, calibrated.suggest, source, confidence)
         return Thresholds(self.policy.faq.answer, self.policy.faq.suggest, "policy")
 
     def _update_health(self) -> dict[str, Any]:

@@ -195,7 +195,9 @@ class Orchestrator:
             if self.kb is not None
             else Thresholds(self.policy.faq.answer, self.policy.faq.suggest, "policy")
         )
-        decision = decide(self.policy, thresholds, Signals(intent, negative, hits, session.unresolved))
+        sentiment_version = answers["sentiment"][0] if "sentiment" in answers else None
+        signals = Signals(intent, negative, hits, session.unresolved, text, sentiment_version)
+        decision = decide(self.policy, thresholds, signals)
         pii = session.add_turn(
             intent.label if intent else None, decision.action, text, extractor=self.slot_extractor
         )
@@ -214,10 +216,15 @@ class Orchestrator:
         )
 
     def negative_score(self, sentiment: ClassPrediction | None) -> float | None:
-        """P(negative) from the sentiment model's probabilities."""
+        """P(negative), read by label name (`negative_label`) from the probabilities of the version that
+        answered, so a 2-label (negative / positive) and a 3-label (negative / neutral / positive) version can
+        serve side by side. When that version's label names are unknown (the table is keyed by index), only
+        the worker's top label is named: P(negative) is its confidence when it is the negative label, else
+        unknown (None: no sentiment hand-over on a guess; the old `1 − confidence` was wrong for 3 labels).
+        """
         if sentiment is None:
             return None
         label = self.settings.negative_label
         if label in sentiment.probs:
             return float(sentiment.probs[label])
-        return sentiment.confidence if sentiment.label == label else 1.0 - sentiment.confidence
+        return sentiment.confidence if sentiment.label == label else None

@@ -4,17 +4,22 @@ act on. Pure logic (no I/O): `decide(policy, thresholds, signals)`. Configured b
 The rules, first match wins:
 1. the intent is one of `intent.handoff` (e.g. 投诉 → complaint, 转人工 → requested_human) with probability at
    least `intent.handoff_min_confidence`                                    → handoff, reason from the table
-2. P(negative sentiment) >= `sentiment.negative_handoff_at`               → handoff, negative_sentiment
-3. the top FAQ's score >= the answer threshold                             → answer with that FAQ
+   — unless `intent.answer_handoff_faqs` and the best FAQ is an answer (rule 3) of that very category
+     (the knowledge base answers "在哪投诉快递员": the customer gets that answer, not a queue)
+2. P(negative sentiment) >= the sentiment threshold of the version that answered
+   (`sentiment.negative_handoff_at_version`, else `sentiment.negative_handoff_at`) → handoff, negative_sentiment
+3. the best FAQ's score >= the answer threshold                            → answer with that FAQ
 4. this turn would be the `session.max_unresolved_turns`-th in a row without an answer
                                                                            → handoff, unresolved_turns
 5. FAQs scoring >= the suggest threshold                                   → suggest up to `faq.max_suggestions`
 6. otherwise                                                               → clarify (a question specific to the
    intent when the intent model is at least `intent.clarify_below` sure and the intent has one, else generic)
 
-The FAQ score is the cosine between the query and the best phrasing of the FAQ (the scale the thresholds are
-calibrated on, `services/faq/thresholds.py`); the answer / suggest thresholds come from the encoder version's
-calibration when there is one, else from this file.
+The FAQ score is the **answer confidence** when the encoder version's calibration has one
+(`services/faq/confidence.py`: P(this FAQ is right) from cosine, margin, hybrid score, intent agreement and
+shared words; `services/faq/thresholds.py` fits it and picks answer / suggest for a stated precision of direct
+answers): hits are ranked by it, the best one answers. Without one (an old calibration, or none) the score is
+the cosine between the query and the FAQ's best phrasing, with the calibration's or this file's thresholds.
 
 Degraded turns use the same rules on what is known: without the intent model rules 1 and the intent-specific
 clarify are skipped (FAQ-only); without sentiment, rule 2; without the knowledge base, rules 3 and 5 (so the
@@ -29,6 +34,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.faq.confidence import AnswerConfidence
 from services.faq.domain import FaqHit
 from services.gateway.inference import ClassPrediction
 
@@ -49,10 +55,27 @@ class IntentPolicy(_Strict):
         default_factory=lambda: {"投诉": "complaint", "转人工": "requested_human"}
     )
     handoff_min_confidence: float = Field(0.5, ge=0, le=1)
+    answer_handoff_faqs: bool = Field(
+        True, description="a confident FAQ answer of the hand-over intent's own category answers instead"
+    )
 
 
 class SentimentPolicy(_Strict):
     negative_handoff_at: float = Field(0.98, ge=0, le=1)
+    negative_handoff_at_version: dict[str, float] = Field(
+        default_factory=dict, description="per sentiment model version (its own calibration)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SentimentPolicy:
+        for version, at in self.negative_handoff_at_version.items():
+            if not 0 <= at <= 1:
+                raise ValueError(f"negative_handoff_at_version.{version}: {at} is not a probability")
+        return self
+
+    def threshold(self, version: str | None) -> float:
+        """The P(negative) at which a turn answered by `version` of the sentiment model is handed over."""
+        return self.negative_handoff_at_version.get(str(version), self.negative_handoff_at)
 
 
 class SessionPolicy(_Strict):
@@ -116,6 +139,7 @@ class Thresholds:
     answer: float
     suggest: float
     source: str  # "calibrated:<encoder version>" or "policy"
+    confidence: AnswerConfidence | None = None  # None: answer / suggest apply to the cosine
 
 
 @dataclass
@@ -126,6 +150,8 @@ class Signals:
     negative: float | None  # P(negative sentiment)
     hits: list[FaqHit] | None
     unresolved: int = 0  # consecutive turns before this one that did not end in an answer
+    text: str = ""  # the customer's message (the answer confidence compares its words with the FAQs')
+    sentiment_version: str | None = None  # the sentiment model version that answered
 
 
 @dataclass
@@ -134,6 +160,7 @@ class Decision:
     reply: str
     handoff_reason: str | None = None
     hits: list[FaqHit] = field(default_factory=list)  # the answer's FAQ, or the suggestions
+    score: float | None = None  # the best FAQ's score (answer confidence, or cosine) when there were hits
 
 
 def faq_score(hit: FaqHit) -> float:
@@ -141,31 +168,47 @@ def faq_score(hit: FaqHit) -> float:
     return hit.cosine if hit.cosine is not None else hit.score
 
 
+def rank(thresholds: Thresholds, s: Signals) -> list[tuple[FaqHit, float]]:
+    """The hits with the score the thresholds apply to, best first (ties keep the store's order)."""
+    hits = list(s.hits or [])
+    if thresholds.confidence is None:
+        scores = [faq_score(h) for h in hits]
+    else:
+        label, sure = (s.intent.label, s.intent.confidence) if s.intent is not None else (None, 0.0)
+        scores = thresholds.confidence.probabilities(hits, s.text, label, sure)
+    return sorted(zip(hits, scores, strict=True), key=lambda pair: -pair[1])
+
+
 def decide(policy: Policy, thresholds: Thresholds, s: Signals) -> Decision:
     t = policy.templates
     intent = s.intent
+    ranked = rank(thresholds, s)
+    best = ranked[0][1] if ranked else None
+    answer = ranked[0][0] if ranked and best >= thresholds.answer else None
     if intent is not None and intent.confidence >= policy.intent.handoff_min_confidence:
         reason = policy.intent.handoff.get(intent.label)
-        if reason:
-            return _handoff(policy, reason)
-    if s.negative is not None and s.negative >= policy.sentiment.negative_handoff_at:
-        return _handoff(policy, "negative_sentiment")
-    hits = sorted(s.hits or [], key=faq_score, reverse=True)
-    if hits and faq_score(hits[0]) >= thresholds.answer:
-        top = hits[0]
-        return Decision("answer", t.answer.format(answer=top.answer, question=top.question), hits=[top])
+        answered = (
+            policy.intent.answer_handoff_faqs and answer is not None and answer.category == intent.label
+        )
+        if reason and not answered:
+            return _handoff(policy, reason, best)
+    if s.negative is not None and s.negative >= policy.sentiment.threshold(s.sentiment_version):
+        return _handoff(policy, "negative_sentiment", best)
+    if answer is not None:
+        reply = t.answer.format(answer=answer.answer, question=answer.question)
+        return Decision("answer", reply, hits=[answer], score=best)
     if s.unresolved + 1 >= policy.session.max_unresolved_turns:
-        return _handoff(policy, "unresolved_turns")
-    band = [h for h in hits if faq_score(h) >= thresholds.suggest][: policy.faq.max_suggestions]
+        return _handoff(policy, "unresolved_turns", best)
+    band = [h for h, score in ranked if score >= thresholds.suggest][: policy.faq.max_suggestions]
     if band:
         lines = "\n".join(t.suggestion_line.format(n=i, question=h.question) for i, h in enumerate(band, 1))
-        return Decision("suggest", t.suggest.format(suggestions=lines), hits=band)
+        return Decision("suggest", t.suggest.format(suggestions=lines), hits=band, score=best)
     reply = t.clarify
     if intent is not None and intent.confidence >= policy.intent.clarify_below:
         reply = t.clarify_by_intent.get(intent.label, t.clarify)
-    return Decision("clarify", reply)
+    return Decision("clarify", reply, score=best)
 
 
-def _handoff(policy: Policy, reason: str) -> Decision:
+def _handoff(policy: Policy, reason: str, score: float | None = None) -> Decision:
     t = policy.templates
-    return Decision("handoff", t.handoff.get(reason, t.handoff_default), handoff_reason=reason)
+    return Decision("handoff", t.handoff.get(reason, t.handoff_default), handoff_reason=reason, score=score)

@@ -1,0 +1,229 @@
+"""`make eval-chat`: the labelled chat set through the real gateway, as a customer meets it.
+
+    python -m bench.eval_chat --repository model_repository              # starts its own local stack
+    python -m bench.eval_chat --url http://127.0.0.1:8000 --key KEY       # a stack already running
+    python -m bench.eval_chat --policy my-policy.yaml --label after       # another policy file
+
+Every message of `data/chat_eval/chat_dev.jsonl` (see its README: answerable with the expected FAQ, in-domain
+unanswerable, angry, neutral) is sent to `POST /v1/chat` as a fresh session, through the stack `make run` starts
+(`services.gateway.stack`: worker with the served models, milvus-lite server with the demo knowledge base,
+gateway with its policy), response cache off. From the answers it prints the rates of issue 12's table:
+
+| rate | over | counts as a hit |
+|---|---|---|
+| direct_correct | answerable | action answer with the expected FAQ |
+| reached | answerable | the expected FAQ answered or among the suggestions |
+| wrong_answer | answerable | action answer with another FAQ |
+| handoff | answerable | action handoff (any reason) |
+| unanswerable_answered | unanswerable | action answer (any FAQ) |
+| angry_handoff | angry | action handoff (any reason) |
+| neutral_sentiment_handoff | neutral | handoff with reason negative_sentiment |
+
+plus the action mix per kind and the per-intent confusion (expected intent → the intent the gateway reported,
+for messages labelled with one), and writes everything, with every answer, to
+`bench/results/eval_chat-<label>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+
+from bench.gateway_bench import DEMO_KEY, RESULTS, ROOT, LocalStack
+from bench.loadgen import check_loopback
+
+CHAT_SET = ROOT / "data" / "chat_eval" / "chat_dev.jsonl"
+KINDS = ("answerable", "unanswerable", "angry", "neutral")
+# (name, kind it is measured over, what the README table calls it, target, higher is better)
+RATES = (
+    ("direct_correct", "answerable", "answerable → direct, correct answer", 0.80, True),
+    ("reached", "answerable", "answerable → right FAQ reached (answer or suggestion)", 0.95, True),
+    ("wrong_answer", "answerable", "answerable → a wrong answer", 0.03, False),
+    ("handoff", "answerable", "answerable → handed to a human", 0.03, False),
+    ("unanswerable_answered", "unanswerable", "not covered by the KB → answered anyway", 0.10, False),
+    ("angry_handoff", "angry", "angry → handed to a human", 0.90, True),
+    ("neutral_sentiment_handoff", "neutral", "neutral → handed over for sentiment", 0.01, False),
+)
+
+
+def read_chat_set(path: Path) -> list[dict]:
+    """The labelled messages; a malformed row raises ValueError naming its line."""
+    rows = []
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("kind") not in KINDS or not str(row.get("text", "")).strip():
+            raise ValueError(f"{path}:{n}: needs a text and a kind in {KINDS}")
+        if (row["kind"] == "answerable") != bool(row.get("faq_id")):
+            raise ValueError(f"{path}:{n}: answerable rows (and only they) name the expected faq_id")
+        rows.append(row)
+    return rows
+
+
+def outcome(row: dict, answer: dict) -> dict:
+    """What one message measured: which rates it counts towards."""
+    action = answer.get("action")
+    ids = [h.get("faq_id") for h in answer.get("faq_hits") or []]
+    kind, expected = row["kind"], row.get("faq_id")
+    hit = {
+        "direct_correct": action == "answer" and ids[:1] == [expected],
+        "reached": action in ("answer", "suggest") and expected in ids,
+        "wrong_answer": action == "answer" and ids[:1] != [expected],
+        "handoff": action == "handoff",
+        "unanswerable_answered": action == "answer",
+        "angry_handoff": action == "handoff",
+        "neutral_sentiment_handoff": action == "handoff"
+        and answer.get("handoff_reason") == "negative_sentiment",
+    }
+    return {name: hit[name] for name, over, *_ in RATES if over == kind}
+
+
+def report(rows: list[dict], answers: list[dict]) -> dict:
+    """The rates, the action mix per kind and the per-intent confusion."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    totals = Counter(r["kind"] for r in rows)
+    actions: dict[str, Counter] = defaultdict(Counter)
+    confusion: dict[str, Counter] = defaultdict(Counter)
+    for row, answer in zip(rows, answers, strict=True):
+        for name, value in outcome(row, answer).items():
+            counts[row["kind"]][name] += int(value)
+        act = answer.get("action", "error")
+        if act == "handoff":
+            act = f"handoff:{answer.get('handoff_reason')}"
+        actions[row["kind"]][act] += 1
+        if row.get("intent"):
+            confusion[row["intent"]][(answer.get("intent") or {}).get("label", "(none)")] += 1
+    rates = {}
+    for name, over, _, target, higher in RATES:
+        n = totals[over]
+        value = counts[over][name] / n if n else 0.0
+        met = value >= target if higher else value <= target
+        rates[name] = {"value": round(value, 4), "n": n, "target": target, "met": met}
+    per_intent = {
+        label: {
+            "n": sum(c.values()),
+            "correct": round(c[label] / sum(c.values()), 4),
+            "predicted": dict(c.most_common()),
+        }
+        for label, c in sorted(confusion.items())
+    }
+    return {
+        "rates": rates,
+        "messages": dict(totals),
+        "actions": {k: dict(v.most_common()) for k, v in actions.items()},
+        "intent_confusion": per_intent,
+    }
+
+
+def print_report(result: dict) -> None:
+    print(f"\n{'rate':<58} {'value':>7} {'target':>8}  n")
+    for name, _, title, target, higher in RATES:
+        r = result["rates"][name]
+        sign = "≥" if higher else "≤"
+        mark = "ok" if r["met"] else "MISSED"
+        print(f"{title:<58} {r['value'] * 100:6.1f}% {sign}{target * 100:5.0f}%  {r['n']:<4} {mark}")
+    print("\nactions per kind:")
+    for kind, mix in result["actions"].items():
+        print(f"  {kind:<13} " + ", ".join(f"{a} {n}" for a, n in mix.items()))
+    print("\nintent confusion (expected → reported):")
+    for label, c in result["intent_confusion"].items():
+        others = ", ".join(f"{p} {n}" for p, n in c["predicted"].items() if p != label)
+        print(f"  {label:<8} n={c['n']:<4} correct {c['correct'] * 100:5.1f}%   {others}")
+
+
+def run(url: str, key: str, rows: list[dict], timeout_s: float) -> list[dict]:
+    """Each message as a fresh session, one at a time (the set is small; sequential keeps the stack quiet)."""
+    answers = []
+    headers = {"X-API-Key": key}
+    with httpx.Client(base_url=url, headers=headers, timeout=timeout_s) as client:
+        for i, row in enumerate(rows, 1):
+            body = {"session_id": f"eval-{uuid.uuid4().hex[:16]}", "text": row["text"]}
+            resp = client.post("/v1/chat", json=body)
+            if resp.status_code != 200:
+                answers.append({"action": "error", "status": resp.status_code})
+            else:
+                answers.append(resp.json())
+            if i % 50 == 0 or i == len(rows):
+                print(f"   {i}/{len(rows)} messages", flush=True)
+    return answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.eval_chat", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="for the local stack")
+    p.add_argument("--url", default=None, help="a running gateway (loopback only) instead of a local stack")
+    p.add_argument("--key", default=DEMO_KEY, help="API key for --url (scope chat)")
+    p.add_argument("--data", type=Path, default=CHAT_SET, help="labelled chat set (JSONL)")
+    p.add_argument("--policy", type=Path, default=None, help="policy file for the local stack's gateway")
+    p.add_argument("--label", default="current", help="names the result file: eval_chat-<label>.json")
+    p.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = p.parse_args(argv)
+    try:
+        rows = read_chat_set(args.data)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stack = None
+    workdir = Path(tempfile.mkdtemp(prefix="eval-chat-"))
+    try:
+        if args.url:
+            check_loopback(args.url)
+            url, key = args.url.rstrip("/"), args.key
+        else:
+            if args.policy is not None:  # the stack passes its environment on to the gateway
+                os.environ["KEFU_GATEWAY_POLICY_FILE"] = str(args.policy.resolve())
+            print(f">> starting the local stack (logs in {workdir})", flush=True)
+            stack = LocalStack(args.repository.resolve(), workdir, 1)
+            stack.wait_ready(900)
+            url, key = stack.url, stack.key
+        info = httpx.get(url + "/readyz", timeout=5).json()
+        print(f">> {len(rows)} messages, each a fresh session, to {url}/v1/chat", flush=True)
+        answers = run(url, key, rows, args.timeout)
+    except (RuntimeError, ValueError, OSError, httpx.HTTPError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if stack is not None:
+            stack.stop()
+    result = report(rows, answers)
+    print_report(result)
+    result |= {
+        "label": args.label,
+        "data": str(args.data),
+        "target": args.url or "local stack (cache off)",
+        "policy": str(args.policy) if args.policy else "default",
+        "models": info.get("upstreams"),
+        "knowledge_base": info.get("knowledge_base"),
+        "answers": [
+            {
+                "id": r["id"],
+                "kind": r["kind"],
+                "expected": r.get("faq_id"),
+                "action": a.get("action"),
+                "reason": a.get("handoff_reason"),
+                "faqs": [h.get("faq_id") for h in a.get("faq_hits") or []],
+                "intent": (a.get("intent") or {}).get("label"),
+                "negative": (a.get("sentiment") or {}).get("negative"),
+            }
+            for r, a in zip(rows, answers, strict=True)
+        ],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"eval_chat-{args.label}.json"
+    path.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    print(f"\n>> written {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
