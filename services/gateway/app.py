@@ -344,7 +344,7 @@ def create_app(
                 "enabled": kb is not None,
                 "ready": kb_ready,
                 "encoder": kb.embedder.version if kb and kb.embedder else None,
-                "thresholds": kb.thresholds.__dict__ if kb else None,
+                "thresholds": kb.thresholds.describe() if kb else None,
                 "error": (kb.error or kb.store_error) if kb else None,
             },
         )

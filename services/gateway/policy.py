@@ -141,6 +141,13 @@ class Thresholds:
     source: str  # "calibrated:<encoder version>" or "policy"
     confidence: AnswerConfidence | None = None  # None: answer / suggest apply to the cosine
 
+    def describe(self) -> dict:
+        """For readiness: the thresholds, their source and, when they apply to it, the answer confidence."""
+        out: dict = {"answer": self.answer, "suggest": self.suggest, "source": self.source}
+        if self.confidence is not None:
+            out["confidence"] = self.confidence.to_dict()
+        return out
+
 
 @dataclass
 class Signals:
