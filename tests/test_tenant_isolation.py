@@ -53,7 +53,8 @@ def state(request, tmp_path):
         redis = request.getfixturevalue("redis_url")
         import redis as redis_lib  # flush what an earlier test left
 
-        redis_lib.Redis.from_url(redis).flushdb()
+        with redis_lib.Redis.from_url(redis) as flush:
+            flush.flushdb()
     client, _ = make_app(tmp_path, redis)
     with client:
         yield client
