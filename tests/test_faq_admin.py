@@ -253,6 +253,77 @@ def test_json_bodies_are_limited():
     run(main())
 
 
+class Utf8Embedder:
+    """Encodes its texts as UTF-8 first, as the HTTP call to the encoder does (a lone surrogate fails there)."""
+
+    version, dim = EMB.version, EMB.dim
+
+    def embed(self, texts):
+        for t in texts:
+            t.encode("utf-8")
+        return EMB.embed(texts)
+
+
+LONE = "\ud800"  # a JSON string may carry it ("\\ud800"); no encoder, store or response can
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (faq("f-1", f"问题{LONE}"), "question"),
+        ({**faq("f-1", "问题"), "answer": f"{LONE}答案"}, "answer"),
+        (faq("f-1", "问题", "别的问法", f"第二个{LONE}问法"), "alternative 2"),
+        ({**faq("f-1", "问题"), "category": LONE}, "category"),
+        ({**faq("f-1", "问题"), "tags": ["好", f"标签{LONE}"]}, "tag"),
+    ],
+)
+def test_a_lone_surrogate_is_400_naming_the_field(body, field):
+    """Issue 11.8: was 503 embedder_unavailable with Retry-After (the encoder call failed), or a 500 after the
+    FAQ was written (the response could not be encoded)."""
+
+    async def main():
+        async with admin_api(embedder=Utf8Embedder()) as c:
+            raw = json.dumps(body).encode()  # \ud800 escaped in the JSON text, as a client sends it
+            for method, path in (("POST", "/faqs"), ("PUT", "/faqs/f-1")):
+                r = await c.request(method, path, content=raw, headers={"content-type": "application/json"})
+                err = error_of(r, 400, "invalid_faq")
+                assert field in err["message"] and "lone surrogate" in err["message"]
+                assert "retry-after" not in r.headers
+            r = await c.post("/import", content=raw + b"\n", headers=JSONL)
+            rows = error_of(r, 400, "import_rejected")["rows"]
+            assert "lone surrogate" in rows[0]["error"] and field in rows[0]["error"]
+            assert c.store.count() == 0
+
+    run(main())
+
+
+def test_bad_import_input_is_400_naming_the_problem():
+    """Issue 11.8: a charset that is not a text encoding, and JSON nested 100,000 deep, were 500s."""
+
+    async def main():
+        async with admin_api(embedder=Utf8Embedder()) as c:
+            ok = "id,question,answer\nf-1,问题,答案\n".encode()
+            for charset in ("rot13", "base64", "hex", "zlib", "no-such-charset"):
+                r = await c.post(
+                    "/import", content=ok, headers={"content-type": f"text/csv; charset={charset}"}
+                )
+                assert charset in error_of(r, 400, "invalid_charset")["message"]
+            deep = "[" * 100_000 + "]" * 100_000
+            r = await c.post("/import", content=f'{{"id": {deep}}}\n'.encode(), headers=JSONL)
+            rows = error_of(r, 400, "import_rejected")["rows"]
+            assert rows == [{"row": 1, "error": "JSON nested too deeply (a FAQ record is a flat object)"}]
+            r = await c.post("/faqs", content=deep.encode(), headers={"content-type": "application/json"})
+            assert "nested too deeply" in error_of(r, 400, "invalid_request")["message"]
+            query = json.dumps({"text": f"退款{LONE}怎么办"}).encode()
+            r = await c.post("/search", content=query, headers={"content-type": "application/json"})
+            assert "text" in error_of(r, 400, "invalid_request")["message"]
+            assert c.store.count() == 0
+            r = await c.post("/import", content=ok, headers={"content-type": "text/csv; charset=UTF8"})
+            assert r.status_code == 200 and c.store.count() == 1  # a text charset under another spelling
+
+    run(main())
+
+
 # ── listing and search ──────────────────────────────────────────────────────────────────────────────
 
 
@@ -522,6 +593,41 @@ def test_export_round_trip():
             r = await fresh.post("/import", content=csv_bytes, headers={"content-type": "text/csv"})
             assert r.status_code == 200 and len(r.json()["created"]) == 91
             assert (await fresh.get("/export")).text == DEMO_TEXT
+            assert (await fresh.get("/export", params={"format": "csv"})).content == csv_bytes
+
+    run(main())
+
+
+FORMULAS = [
+    faq("x-1", '=HYPERLINK("http://evil.example","点我领券")', "+86 客服电话多少", category="@运营"),
+    faq("x-2", "-5元券怎么用", "'=不是公式吗", tags=["@会员", "=标签"], answer="@所有人：\t满减"),
+    faq("x-3", "'单引号开头的问题", "''=两个引号", answer="=1+1"),
+]
+
+
+def test_csv_export_neutralises_formulas_and_round_trips():
+    """Issue 11.5 (OWASP CSV injection): no exported cell starts with = + - @ tab or CR, so a spreadsheet shows
+    text; importing the export gives back the same FAQs, and export -> import -> export is the identity."""
+
+    async def main():
+        async with admin_api() as c:
+            r = await c.post("/import", content=jsonl(*FORMULAS).encode(), headers=JSONL)
+            assert r.status_code == 200, r.text
+            jsonl_export = (await c.get("/export")).text
+            csv_bytes = (await c.get("/export", params={"format": "csv"})).content
+        rows = list(csv.reader(io.StringIO(csv_bytes.decode("utf-8-sig"), newline="")))
+        cells = [cell for row in rows[1:] for cell in row]
+        assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+        assert '\'=HYPERLINK("http://evil.example","点我领券")' in cells
+        assert "'单引号开头的问题" in cells  # an apostrophe before plain text is left alone
+        async with admin_api() as fresh:
+            r = await fresh.post("/import", content=csv_bytes, headers={"content-type": "text/csv"})
+            assert r.status_code == 200 and len(r.json()["created"]) == 3, r.text
+            assert fresh.store.get("x-1").question == FORMULAS[0]["question"]
+            assert fresh.store.get("x-2").alternatives == ["'=不是公式吗"]
+            assert fresh.store.get("x-2").tags == ["@会员", "=标签"]
+            assert fresh.store.get("x-3").alternatives == ["''=两个引号"]
+            assert (await fresh.get("/export")).text == jsonl_export
             assert (await fresh.get("/export", params={"format": "csv"})).content == csv_bytes
 
     run(main())

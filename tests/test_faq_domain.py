@@ -22,6 +22,22 @@ def entry(**kw) -> FaqEntry:
     return FaqEntry(**{**base, **kw})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("question", "可以\ud800开发票吗", "question"),
+        ("answer", "\udfff", "answer"),
+        ("category", "支付\ud83d", "category"),
+        ("alternatives", ["能开票吗", "\ud800"], "alternative 2"),
+        ("tags", ["\udc80"], "tag"),
+    ],
+)
+def test_text_with_a_lone_surrogate_is_refused_naming_the_field(field, value, named):
+    with pytest.raises(InvalidFaq, match=f"{named} holds a lone surrogate"):
+        entry(**{field: value})
+    assert entry(question="表情😀可以吗").question == "表情😀可以吗"  # a real astral character is fine
+
+
 def test_entry_is_cleaned():
     e = entry(question="  可以开发票吗？ ", alternatives=[" 能开票吗 "], tags=["发票", "发票", "电子发票"])
     assert e.question == "可以开发票吗？" and e.alternatives == ["能开票吗"]

@@ -27,6 +27,7 @@ from services.faq.admin_schemas import (
     FaqExists,
     Forbidden,
     ImportRejected,
+    InvalidCharset,
     InvalidRequest,
     NotConfigured,
     PayloadTooLarge,
@@ -89,6 +90,7 @@ class FaqAdminSettings(BaseSettings):
 
 STATUS: list[tuple[type[Exception], int, str]] = [
     (InvalidRequest, 400, "invalid_request"),
+    (InvalidCharset, 400, "invalid_charset"),
     (InvalidFaq, 400, "invalid_faq"),
     (InvalidQuery, 400, "invalid_query"),
     (ModeNotSupported, 400, "mode_not_supported"),
@@ -120,6 +122,8 @@ def request_id_of(request: Request) -> str:
 def error_response(error: Exception, request_id: str) -> JSONResponse:
     if isinstance(error, HTTPException) and isinstance(error.__cause__, AdminError):
         error = error.__cause__  # FastAPI wraps what the body reader raised (PayloadTooLarge)
+    elif isinstance(error, HTTPException) and isinstance(error.__cause__, RecursionError):
+        error = InvalidRequest("body: JSON nested too deeply")  # FastAPI's "error parsing the body"
     if isinstance(error, RequestValidationError):
         error = InvalidRequest(describe_validation(error))
     headers: dict[str, str] = {}

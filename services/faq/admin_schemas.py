@@ -14,7 +14,9 @@ Import formats (`POST /admin/faq/import`), one FAQ per record:
 Text is UTF-8 (a BOM is accepted, as Excel writes it) unless the request's Content-Type names another charset
 (`text/csv; charset=gb18030` for a CSV saved by Chinese Excel as "CSV"). An error names the record by its line
 number in the file (`row`; a CSV's header is line 1, so its first FAQ is row 2), as an editor or a spreadsheet
-shows it. Exports write the same formats (CSV with a BOM so that Excel opens it as UTF-8).
+shows it. Exports write the same formats (CSV with a BOM so that Excel opens it as UTF-8). A CSV cell that starts
+with `=`, `+`, `-`, `@`, tab or CR is exported with a leading `'` so that a spreadsheet shows it as text instead of
+evaluating it (OWASP CSV injection); imports remove that one `'` again, so export -> import -> export is stable.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.faq.domain import FaqEntry, FaqError, FaqHit, InvalidFaq, phrasing_key
+from services.faq.domain import FaqEntry, FaqError, FaqHit, InvalidFaq, check_unicode, phrasing_key
 from services.faq.store import MAX_TOP_K
 
 ImportFormat = Literal["jsonl", "csv"]
@@ -104,6 +106,11 @@ class NotConfigured(AdminError):
     """The operation needs something this deployment was not given (a re-indexer)."""
 
 
+class InvalidCharset(AdminError):
+    """The Content-Type names a charset Python does not know, or a codec that is not a text encoding
+    (`rot13`, `base64`, `hex`: bytes-to-bytes or str-to-str transforms)."""
+
+
 class InvalidRequest(AdminError):
     """The request is malformed: not JSON, a field of the wrong type or out of bounds, an unknown field."""
 
@@ -170,6 +177,11 @@ class SearchRequest(BaseModel):
     mode: Literal["hybrid", "dense", "bm25"] = Field(
         "hybrid", description="hybrid falls back to dense where the store has no BM25"
     )
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return check_unicode(v, "text")
 
 
 class SearchResponse(BaseModel):
@@ -238,12 +250,17 @@ def charset_of(content_type: str | None) -> str:
     for part in (content_type or "").split(";")[1:]:
         key, _, value = part.partition("=")
         if key.strip().lower() == "charset" and value.strip():
-            name = value.strip().strip('"').lower()
+            name = value.strip().strip('"').lower()[:40]
             try:
-                codecs.lookup(name)
+                info = codecs.lookup(name)
             except LookupError:
-                raise ImportRejected(f"unknown charset {name!r} in Content-Type") from None
-            return "utf-8-sig" if name in ("utf-8", "utf8") else name
+                raise InvalidCharset(f"unknown charset {name!r} in Content-Type") from None
+            if not getattr(info, "_is_text_encoding", True):  # what bytes.decode() itself checks
+                raise InvalidCharset(
+                    f"charset {name!r} in Content-Type is not a text encoding; send UTF-8 or name the file's "
+                    "text encoding (e.g. text/csv; charset=gb18030)"
+                )
+            return "utf-8-sig" if info.name == "utf-8" else info.name
     return "utf-8-sig"
 
 
@@ -257,6 +274,8 @@ def decode(body: bytes, charset: str) -> str:
             "or name its charset in Content-Type (e.g. text/csv; charset=gb18030)",
             [{"row": line, "error": f"bytes at offset {e.start} are not {charset.removesuffix('-sig')}"}],
         ) from None
+    except (UnicodeError, ValueError, TypeError) as e:  # codecs such as idna or punycode fail otherwise
+        raise InvalidCharset(f"the body cannot be decoded as {charset}: {type(e).__name__}") from None
 
 
 def parse_import(text: str, fmt: ImportFormat) -> list[ParsedRow]:
@@ -273,6 +292,9 @@ def _parse_jsonl(text: str) -> list[ParsedRow]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             rows.append(ParsedRow(n, error=f"not JSON ({e.msg} at column {e.colno})"))
+            continue
+        except RecursionError:  # the C scanner recurses once per [ or {
+            rows.append(ParsedRow(n, error="JSON nested too deeply (a FAQ record is a flat object)"))
             continue
         if not isinstance(record, dict):
             rows.append(ParsedRow(n, error="not a JSON object"))
@@ -319,9 +341,29 @@ def _parse_csv(text: str) -> list[ParsedRow]:
             continue
         record: dict[str, Any] = {}
         for name, cell in zip(names, cells, strict=True):
+            cell = restore_cell(cell)
             record[name] = split_multi(cell) if name in ("alternatives", "tags") else cell
         rows.append(ParsedRow(start, record=record))
     return rows
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet evaluates a cell that starts so (OWASP)
+
+
+def _formula_like(text: str) -> bool:
+    """Starts with a formula character, after any number of `'` (so that the escape below is reversible)."""
+    return text.lstrip("'").startswith(FORMULA_START)
+
+
+def neutralise_cell(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text: `=1+1` -> `'=1+1` (OWASP CSV injection). A cell that already
+    starts with `'` before a formula character gets one more, so `restore_cell` undoes exactly this."""
+    return f"'{cell}" if _formula_like(cell) else cell
+
+
+def restore_cell(cell: str) -> str:
+    """The inverse of `neutralise_cell` on import: `'=1+1` -> `=1+1`; `'abc` stays as it is."""
+    return cell[1:] if cell.startswith("'") and _formula_like(cell[1:]) else cell
 
 
 def split_multi(cell: str) -> list[str]:
@@ -469,9 +511,15 @@ def export_chunks(entries: Iterable[FaqEntry], fmt: ImportFormat, per_chunk: int
         if writer is None:
             buf.write(json.dumps(record_of(e), ensure_ascii=False) + "\n")
         else:
-            writer.writerow(
-                [e.faq_id, e.question, e.answer, e.category, join_multi(e.alternatives), join_multi(e.tags)]
-            )
+            cells = [
+                e.faq_id,
+                e.question,
+                e.answer,
+                e.category,
+                join_multi(e.alternatives),
+                join_multi(e.tags),
+            ]
+            writer.writerow([neutralise_cell(c) for c in cells])
         n += 1
         if n % per_chunk == 0:
             yield buf.getvalue().encode("utf-8")

@@ -91,10 +91,24 @@ def phrasing_key(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch)[0] not in "PZC" and not ch.isspace())
 
 
+def check_unicode(text: str, what: str) -> str:
+    """`text` unchanged when it is valid Unicode (encodable as UTF-8), else a `ValueError` naming `what`: a
+    JSON string may carry a lone surrogate (`"\\ud800"`) that no encoder, store or response can take."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"{what} holds a lone surrogate (U+{ord(text[e.start]):04X} at character {e.start + 1}): "
+                "not valid Unicode text"
+            ) from None
+    return text
+
+
 def _clean(text: Any, what: str, limit: int) -> str:
     if not isinstance(text, str):
         raise ValueError(f"{what} must be a string")
-    text = text.strip()
+    text = check_unicode(text, what).strip()
     if not text:
         raise ValueError(f"{what} is empty")
     if len(text) > limit:
