@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from services.faq.domain import StoreUnavailable
 from services.faq.store import InMemoryFaqStore, embed_entries
 from services.faq.testing import DEMO_KB, load_demo_kb
 from tests.gateway_app import Gateway, build, headers
@@ -72,11 +73,11 @@ def test_thresholds_come_from_the_encoder_versions_calibration(tmp_path):
     }  # fmt: skip
     (repo / "faq" / "thresholds.json").write_text(json.dumps({"versions": {"1": calibration}}), "utf-8")
     app, *_ = build(tmp_path, model_repository=repo)
-    with TestClient(app) as client:
+    with TestClient(app):
         th = TestClient(app.state.internal_app).get("/readyz").json()["knowledge_base"]["thresholds"]
         assert th == {"answer": 0.91, "suggest": 0.72, "source": "calibrated:faq-v1"}
     app, *_ = build(tmp_path, model_repository=tmp_path / "nowhere")
-    with TestClient(app) as client:
+    with TestClient(app):
         th = TestClient(app.state.internal_app).get("/readyz").json()["knowledge_base"]["thresholds"]
         assert th == {"answer": 0.8, "suggest": 0.6, "source": "policy"}  # policy.yaml
 
@@ -136,6 +137,83 @@ def test_a_new_encoder_version_is_not_searched_against_old_vectors(tmp_path):
         assert reindexer.runs == [("faq-v2", 91)]
         body = chat("怎么查看物流信息？")
         assert body["action"] == "answer" and body["model_versions"]["faq"] == "2"
+
+
+def faq_search(gw: Gateway):
+    return gw.client.post("/v1/faq/search", json={"text": "下单后多久发货？"}, headers=headers())
+
+
+class FlakyStore(InMemoryFaqStore):
+    """An in-memory store that can go down and come back, like a Milvus that is killed and restarted."""
+
+    down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("milvus search failed: Fail connecting to server on 127.0.0.1:19530")
+
+    def search(self, *args, **kwargs):
+        self._check()
+        return super().search(*args, **kwargs)
+
+    def count(self):
+        self._check()
+        return super().count()
+
+    def probe(self):
+        return "Fail connecting to server on 127.0.0.1:19530" if self.down else None
+
+
+def test_readiness_follows_the_store_through_an_outage(tmp_path):
+    """Issue 14.2: while the store is down /readyz says the knowledge base cannot serve (degraded, with the
+    reason), and says ready again once it answers; searches and the admin API fail with 503 meanwhile."""
+    store = demo(FlakyStore(32))
+    app, fake, registry = build(tmp_path, store=store)
+    gw = Gateway(app, TestClient(app), fake, registry, store)
+    kb = app.state.kb
+    with gw.client:
+        ready = gw.internal.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["knowledge_base"]["ready"] is True
+        assert faq_search(gw).status_code == 200
+
+        store.down = True
+        asyncio.run(kb.refresh())  # what the refresh loop does every refresh_interval_s
+        ready = gw.internal.get("/readyz").json()
+        assert ready["status"] == "degraded" and ready["knowledge_base"]["ready"] is False
+        assert "Fail connecting" in ready["knowledge_base"]["error"]
+        assert gw.client.get("/readyz").json() == {"status": "degraded"}
+        assert gw.sample("kefu_faq_store_up") == 0
+        assert faq_search(gw).status_code == 503
+        r = gw.client.post("/admin/faq/search", json={"text": "发货"}, headers=headers())
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+
+        store.down = False
+        asyncio.run(kb.refresh())
+        ready = gw.internal.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["knowledge_base"] == {
+            **ready["knowledge_base"],
+            "ready": True,
+            "error": None,
+        }
+        assert gw.sample("kefu_faq_store_up") == 1
+
+
+def test_a_failed_search_marks_the_store_down_until_one_succeeds(tmp_path):
+    """Readiness does not wait for the next probe: a search that fails on the store says so at once, one that
+    succeeds says the store is back."""
+    store = demo(FlakyStore(32))
+    app, fake, registry = build(tmp_path, store=store)
+    gw = Gateway(app, TestClient(app), fake, registry, store)
+    kb = app.state.kb
+    kb.probe_ttl_s = 3600  # no background probe: only the searches speak
+    with gw.client:
+        store.down = True
+        assert faq_search(gw).status_code == 503
+        assert gw.internal.get("/readyz").json()["knowledge_base"]["ready"] is False
+        store.down = False
+        kb.breaker.record_success()  # skip the breaker's half-open wait
+        assert faq_search(gw).status_code == 200
+        assert gw.internal.get("/readyz").json()["knowledge_base"]["ready"] is True
 
 
 def test_readme_documents_every_setting():
