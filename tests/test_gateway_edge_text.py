@@ -23,7 +23,10 @@ from services.gateway.security import DEMO_KEY, DEMO_KEY_SHA256, sha256_hex
 from services.gateway.textnorm import TextNormalizer, normalize
 
 PHONE, ID_NO, CARD, EMAIL = "13812345678", "11010519491231002X", "4111111111111111", "zhang.san@example.com"
-PII = (PHONE, ID_NO, CARD, EMAIL, "zhang.san")
+DOTTED_PHONE, FULL_WIDTH_PHONE = "139.1287.6543", "１３９１２８７６５４３"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJ0ZW5hbnQiOiJkZW1vIn0.c2lnbmF0dXJlLW5vdC12YWxpZA"
+PII = (PHONE, ID_NO, CARD, EMAIL, "zhang.san", DOTTED_PHONE, FULL_WIDTH_PHONE, "12876543", "zhang.san%40")
+CREDENTIALS = (DEMO_KEY, JWT, "eyJ0ZW5hbnQiOiJkZW1vIn0")
 
 # ── normalisation and masking ───────────────────────────────────────────────────────────────────────
 
@@ -77,6 +80,18 @@ def test_unreadable_word_list_is_a_clear_error(tmp_path):
         ("order 123456789012", "order 123456789012"),  # 12 digits: not a card, not a phone
         ("order 4111111111111112", "order 4111111111111112"),  # fails Luhn
         ("ts 202405121234567890123", "ts 202405121234567890123"),  # a phone is not cut out of a longer number
+        ("call 139.1287.6543 now", "call 139****6543 now"),  # dotted
+        ("call 139-1287.6543", "call 139****6543"),  # mixed separators
+        ("手机１３９１２８７６５４３号", "手机139****6543号"),  # full-width digits
+        ("手机１３９．１２８７．６５４３", "手机139****6543"),
+        ("卡号４１１１　１１１１　１１１１　１１１１", "卡号****1111"),
+        ("mail=zhang.san%40example.com&x=1", "mail=z***@example.com&x=1"),  # percent-encoded @
+        ("ｚｈａｎｇ＠ｅｘａｍｐｌｅ．ｃｏｍ", "z***@example.com"),
+        ("Authorization: Bearer abc.def-1", "Authorization: Bearer ***"),
+        (f"token {JWT} end", "token <jwt> end"),
+        (f"?api_key={DEMO_KEY}&page=2", "?api_key=***&page=2"),
+        ("X-API-Key: k3y-v4lue password=hunter2", "X-API-Key: *** password=***"),
+        ("ip 10.0.0.5:8001 v1.13.2", "ip 10.0.0.5:8001 v1.13.2"),  # not a phone
     ],
 )
 def test_redact(text, expected):
@@ -130,7 +145,7 @@ def pii_app(edge: Edge) -> FastAPI:
 
 
 def message_with_pii() -> str:
-    return f"我的手机{PHONE} 身份证{ID_NO} 卡号{CARD} 邮箱{EMAIL}"
+    return f"我的手机{PHONE} 身份证{ID_NO} 卡号{CARD} 邮箱{EMAIL} 另一个{DOTTED_PHONE} 全角{FULL_WIDTH_PHONE}"
 
 
 @pytest.mark.asyncio
@@ -201,13 +216,18 @@ def test_uvicorn_access_and_error_logs_are_redacted(tmp_path):
         assert server.started, logfile.read_text() if logfile.exists() else "no log"
         port = server.servers[0].sockets[0].getsockname()[1]
         base = f"http://127.0.0.1:{port}"
-        h = {"X-API-Key": DEMO_KEY}
-        r = httpx.post(
-            f"{base}/v1/said?phone={PHONE}&mail={EMAIL}", json={"text": message_with_pii()}, headers=h
-        )
+        # every header and field that reaches a log line: the path, the query string, the client address
+        # (X-Forwarded-For from a trusted proxy: uvicorn trusts 127.0.0.1), the request id (error log)
+        h = {"X-API-Key": DEMO_KEY, "X-Forwarded-For": DOTTED_PHONE, "X-Request-ID": DOTTED_PHONE}
+        query = f"phone={PHONE}&mail=zhang.san%40example.com&api_key={DEMO_KEY}&jwt={JWT}&p={DOTTED_PHONE}"
+        r = httpx.post(f"{base}/v1/said?{query}", json={"text": message_with_pii()}, headers=h)
         assert r.status_code == 200
         r = httpx.post(f"{base}/v1/said?card={CARD}", json={"text": "crash " + message_with_pii()}, headers=h)
         assert r.status_code == 500
+        r = httpx.get(
+            f"{base}/v1/{FULL_WIDTH_PHONE}/{DOTTED_PHONE}", headers=h
+        )  # decoded into the logged path
+        assert r.status_code == 404
     finally:
         server.should_exit = True
         thread.join(10)
@@ -220,8 +240,45 @@ def test_uvicorn_access_and_error_logs_are_redacted(tmp_path):
             lg.setLevel(level)
             lg.propagate = propagate
     out = logfile.read_text("utf-8")
-    assert "/v1/said?phone=138****5678" in out and "Exception in ASGI application" in out, out
-    assert all(p not in out for p in PII), out
+    assert "/v1/said?phone=***&mail=***&api_key=***&jwt=***&p=*** HTTP/1.1" in out, out
+    assert "Exception in ASGI application" in out and "/v1/139****6543/139****6543" in out, out
+    assert all(p not in out for p in PII + CREDENTIALS), out
+
+
+def test_chat_fields_and_headers_with_pii_leave_none_in_the_gateway_logs(tmp_path):
+    """The real gateway app (fake workers): every client field the chat log line writes (session_id, channel),
+    the other fields, the request id, a refused JWT and a key in the query string."""
+    from fastapi.testclient import TestClient
+
+    from tests.gateway_app import build
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        app, *_ = build(tmp_path)
+        with TestClient(app) as client:
+            body = {
+                "session_id": DOTTED_PHONE,
+                "channel": EMAIL,
+                "user_id": FULL_WIDTH_PHONE,
+                "text": f"手机{FULL_WIDTH_PHONE} 邮箱{EMAIL} 卡{CARD}",  # within build()'s 64 characters
+            }
+            h = {"X-API-Key": DEMO_KEY, "X-Request-ID": DOTTED_PHONE}
+            r = client.post(f"/v1/chat?api_key={DEMO_KEY}", json=body, headers=h)
+            assert r.status_code == 200, r.text
+            r = client.post("/v1/chat", json=body, headers={"Authorization": f"Bearer {JWT}"})
+            assert r.status_code == 401
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    out = stream.getvalue()
+    assert "chat session=139****6543 channel=z***@example.com" in out, out
+    assert all(p not in out for p in PII + CREDENTIALS), out
 
 
 def test_install_is_idempotent():

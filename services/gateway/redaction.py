@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import quote, unquote
 
 _EMAIL = re.compile(
     r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*?(?:@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
@@ -105,10 +106,13 @@ def redact(text: str) -> str:
 def redact_target(target: str) -> str:
     """A request target for the access log: the path redacted, every query value `***`."""
     path, sep, query = target.partition("?")
+    # uvicorn logs the path as sent (percent-encoded): decode so that encoded PII is seen, then encode again
+    # (no control character of a decoded path may reach the log)
+    path = quote(redact(unquote(path)), safe="/*:@!$&'()+,;=~")
     if not sep:
-        return redact(path)
+        return path
     names = (part.partition("=")[0] for part in query.split("&"))
-    return redact(path) + "?" + "&".join(f"{redact(name)[:64]}=***" for name in names)
+    return path + "?" + "&".join(f"{quote(redact(unquote(name)), safe='*')[:64]}=***" for name in names)
 
 
 def mask_phone(phone: str) -> str:
