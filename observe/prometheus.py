@@ -1,7 +1,7 @@
 """`make observe`: the real Prometheus (Debian package `prometheus`) on loopback, scraping the local stack that
-`make run` starts (gateway 127.0.0.1:8000, worker 127.0.0.1:8001) and evaluating the chart's rule file.
+`make run` starts (their internal ports: gateway 127.0.0.1:9000, worker 127.0.0.1:9001) and evaluating the chart's rule file.
 
-    python -m observe.prometheus [--port 9090] [--scrape-interval 5s] [--worker 127.0.0.1:8001] ...
+    python -m observe.prometheus [--port 9090] [--scrape-interval 5s] [--worker 127.0.0.1:9001] ...
 
 Every option is also a KEFU_OBSERVE_* variable. The config is written to `<storage>/prometheus.yml`, data to
 `<storage>/data`; then this process becomes Prometheus (exec), so Ctrl-C stops it cleanly.
@@ -32,8 +32,12 @@ class ObserveSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="listen address; loopback only (production uses the chart)")
     port: int = Field(9090, ge=1, le=65535, description="listen port of the Prometheus web UI and API")
-    gateway: str = Field("127.0.0.1:8000", description="gateway host:port to scrape (/metrics); empty: none")
-    worker: str = Field("127.0.0.1:8001", description="worker host:port to scrape (/metrics); empty: none")
+    gateway: str = Field(
+        "127.0.0.1:9000", description="gateway internal host:port to scrape (/metrics); empty: none"
+    )
+    worker: str = Field(
+        "127.0.0.1:9001", description="worker internal host:port to scrape (/metrics); empty: none"
+    )
     scrape_interval: str = Field("5s", pattern=_DURATION, description="how often every target is scraped")
     evaluation_interval: str = Field("5s", pattern=_DURATION, description="how often rules are evaluated")
     storage: Path = Field(Path("runs/prometheus"), description="config and TSDB live here (data/ below it)")

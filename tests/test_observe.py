@@ -110,10 +110,12 @@ def stack(tmp_path_factory):
     fake_model(repo, "intent", ["物流查询", "退款", "转人工"])
     fake_model(repo, "sentiment", ["negative", "positive"])
     wp, gp, pp = free_port(), free_port(), free_port()
+    wip, gip = free_port(), free_port()  # internal ports: /metrics
     procs = []
     try:
         worker = start(
-            [sys.executable, "-m", "services.worker", "--repository", str(repo), "--port", str(wp)],
+            [sys.executable, "-m", "services.worker", "--repository", str(repo), "--port", str(wp)]
+            + ["--internal-port", str(wip)],
             tmp / "worker.log",
             {"KEFU_WORKER_BACKEND": "fake", "KEFU_WORKER_WARMUP": "false"},
         )
@@ -122,20 +124,27 @@ def stack(tmp_path_factory):
         workers = {m: [f"http://127.0.0.1:{wp}"] for m in ("intent", "sentiment", "faq")}
         gateway = start(
             [sys.executable, "-m", "services.gateway", "--port", str(gp), "--workers", json.dumps(workers)]
-            + ["--no-faq-enabled", "--log-level", "warning"],
+            + ["--internal-port", str(gip), "--no-faq-enabled", "--log-level", "warning"],
             tmp / "gateway.log",
         )
         procs.append(gateway)
         wait_http(f"http://127.0.0.1:{gp}/readyz", gateway, "gateway")
         prom = start(
-            [sys.executable, "-m", "observe.prometheus", "--port", str(pp), "--worker", f"127.0.0.1:{wp}"]
-            + ["--gateway", f"127.0.0.1:{gp}", "--scrape-interval", "1s", "--evaluation-interval", "1s"]
+            [sys.executable, "-m", "observe.prometheus", "--port", str(pp), "--worker", f"127.0.0.1:{wip}"]
+            + ["--gateway", f"127.0.0.1:{gip}", "--scrape-interval", "1s", "--evaluation-interval", "1s"]
             + ["--storage", str(tmp / "prometheus")],
             tmp / "prometheus.log",
         )
         procs.append(prom)
         wait_http(f"http://127.0.0.1:{pp}/-/ready", prom, "prometheus", timeout=30)
-        yield {"worker": wp, "gateway": gp, "prometheus": pp, "storage": tmp / "prometheus"}
+        yield {
+            "worker": wp,
+            "gateway": gp,
+            "worker_internal": wip,
+            "gateway_internal": gip,
+            "prometheus": pp,
+            "storage": tmp / "prometheus",
+        }
     finally:
         for p in reversed(procs):
             stop(p)
@@ -239,7 +248,7 @@ def test_prometheus_loaded_every_rule_of_the_chart(stack):
     ]
     assert [a for a in firing if a["state"] == "firing"] == []
     cfg = (stack["storage"] / "prometheus.yml").read_text("utf-8")
-    assert "kefu-rules.yaml" in cfg and f"127.0.0.1:{stack['worker']}" in cfg
+    assert "kefu-rules.yaml" in cfg and f"127.0.0.1:{stack['worker_internal']}" in cfg
 
 
 def test_settings_refuse_non_loopback_and_bad_intervals():

@@ -1,11 +1,11 @@
 """The whole local stack on one machine: `python -m services.gateway.stack --repository model_repository`.
 
-1. the inference worker (`python -m services.worker`, port 8001; its internal port for /metrics on a free port)
+1. the inference worker (`python -m services.worker`, port 8001; its internal port 9001 for /metrics)
    serving intent, sentiment and faq;
 2. the FAQ store: a `milvus-lite server` process on a free loopback port, data in `runs/stack/milvus/`
    (`--faq-store embedded`: a milvus-lite file inside the gateway process instead; a set `KEFU_FAQ_URI` wins);
-3. the gateway (`python -m services.gateway`, port 8000; its internal port for /metrics and the detailed /readyz
-   on a free port), which fills the store with the demo knowledge base
+3. the gateway (`python -m services.gateway`, port 8000; its internal port 9000 for /metrics and the detailed
+   /readyz), which fills the store with the demo knowledge base
    (`data/faq_kb_demo/faq.jsonl`) when the collection is empty, or re-embeds when the collection's encoder
    version differs from the worker's;
 4. waits for each to be ready (progress every few seconds), then prints the URLs (internal ones too) and, in
@@ -191,18 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000, help="gateway port")
     p.add_argument("--worker-port", type=int, default=8001, help="worker port")
     p.add_argument(
-        "--internal-port",
-        type=int,
-        default=0,
-        help="gateway internal port (/metrics, readiness); 0 = a free one",
+        "--internal-port", type=int, default=9000, help="gateway internal port (/metrics, detailed /readyz)"
     )
-    p.add_argument(
-        "--worker-internal-port", type=int, default=0, help="worker internal port (/metrics); 0 = a free one"
-    )
-    p.add_argument("--worker-processes", type=int, default=1, help="worker server processes")
-    p.add_argument(
-        "--backend", default=None, help="worker engine (paddle | onnxruntime); default: the worker's"
-    )
+    p.add_argument("--worker-internal-port", type=int, default=9001, help="worker internal port (/metrics)")
     p.add_argument("--data-dir", type=Path, default=Path("runs/stack"), help="milvus-lite data and logs")
     p.add_argument(
         "--faq-store",
@@ -228,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: {repo} has no {', '.join(missing)} model (run `make models`)", file=sys.stderr)
         return 2
-    internal_port = args.internal_port or free_port(args.host)
-    worker_internal_port = args.worker_internal_port or free_port(args.host)
+    internal_port, worker_internal_port = (
+        args.internal_port,
+        args.worker_internal_port,
+    )  # `make observe` scrapes
     for port in (args.worker_port, args.port, internal_port, worker_internal_port):
         if not port_free(args.host, port):
             print(f"error: {args.host}:{port} is already in use (another stack running?)", file=sys.stderr)
