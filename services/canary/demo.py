@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = demo_policy(out / "policy.yaml", args.bake)
 
     gw_port, worker_port, prom_port = free_port(), free_port(), free_port()
+    gw_internal, worker_internal = free_port(), free_port()  # /metrics is on the internal ports only
     gateway, prometheus = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{prom_port}"
     procs: list[Proc] = []
     traffic: Traffic | None = None
@@ -188,14 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             "KEFU_GATEWAY_LOG_LEVEL": "warning",
         }
         stack = [sys.executable, "-m", "services.gateway.stack", "--repository", str(repo), "--port", str(gw_port),
-                 "--worker-port", str(worker_port), "--data-dir", str(out / "stack"), "--quiet"]  # fmt: skip
+                 "--worker-port", str(worker_port), "--data-dir", str(out / "stack"), "--quiet",
+                 "--internal-port", str(gw_internal), "--worker-internal-port", str(worker_internal)]  # fmt: skip
         stack += [f"--extra-env={k}={v}" for k, v in extra.items()]
         procs.append(Proc("stack", stack, out / "stack.log"))
         wait_ready("stack (worker, FAQ store, gateway)", f"{gateway}/readyz", procs[-1], args.ready_timeout,
                    ok=lambda r: r.json().get("status") == "ready")  # fmt: skip
         say(f"3/5 Prometheus {prometheus} scraping the gateway every second")
         prom = [sys.executable, "-m", "observe.prometheus", "--port", str(prom_port), "--gateway",
-                f"127.0.0.1:{gw_port}", "--worker", f"127.0.0.1:{worker_port}", "--scrape-interval", "1s",
+                f"127.0.0.1:{gw_internal}", "--worker", f"127.0.0.1:{worker_internal}", "--scrape-interval", "1s",
                 "--evaluation-interval", "15s", "--storage", str(out / "prometheus")]  # fmt: skip
         procs.append(Proc("prometheus", prom, out / "prometheus.log"))
         wait_ready("prometheus", f"{prometheus}/-/ready", procs[-1], 60)
