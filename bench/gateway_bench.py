@@ -163,14 +163,19 @@ class LocalStack:
             "burst": 1000000,
         }
         keys.write_text(yaml.safe_dump({"keys": [record]}), "utf-8")
-        port, worker_port = free_port(), free_port()
+        port, worker_port, internal, worker_internal = free_port(), free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.internal_url = f"http://127.0.0.1:{internal}"  # the detailed /readyz
         argv = [sys.executable, "-m", "services.gateway.stack", "--repository", str(repository)]
         argv += [
             "--port",
             str(port),
             "--worker-port",
             str(worker_port),
+            "--internal-port",
+            str(internal),
+            "--worker-internal-port",
+            str(worker_internal),
             "--data-dir",
             str(workdir),
             "--quiet",
@@ -191,7 +196,7 @@ class LocalStack:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the stack exited with code {self.proc.returncode}")
             try:
-                body = httpx.get(self.url + "/readyz", timeout=5).json()
+                body = httpx.get(self.internal_url + "/readyz", timeout=5).json()
                 if body.get("status") == "ready":
                     return body
             except (httpx.HTTPError, ValueError):
@@ -214,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="for the local stack")
     p.add_argument("--url", default=None, help="a running gateway (loopback only) instead of a local stack")
     p.add_argument("--key", default=DEMO_KEY, help="API key for --url (scope chat)")
+    p.add_argument(
+        "--internal-url",
+        default="http://127.0.0.1:9000",
+        help="that gateway's internal port (detailed /readyz)",
+    )
     p.add_argument("--concurrency", default="8,32,64", help="comma-separated levels")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds per level sent but not counted")
@@ -228,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.url:
             check_loopback(args.url)
-            url, key = args.url.rstrip("/"), args.key
+            url, key, internal_url = args.url.rstrip("/"), args.key, args.internal_url.rstrip("/")
         else:
             print(f">> starting the local stack (logs in {workdir})", flush=True)
             stack = LocalStack(args.repository.resolve(), workdir, args.worker_processes)
             stack.wait_ready(900)
-            url, key = stack.url, stack.key
-        info = httpx.get(url + "/readyz", timeout=5).json()
+            url, key, internal_url = stack.url, stack.key, stack.internal_url
+        info = httpx.get(
+            internal_url + "/readyz", timeout=5
+        ).json()  # models and knowledge base for the record
         rows = []
         for c in levels:
             print(
