@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BODY = 4096
 MAX_HEAD = 32 * 1024  # GatewaySettings.max_header_bytes default
+KEY = b"X-API-Key: kefu-demo-key-change-me\r\n"  # a valid key: a refused one is answered 401 before the body
 pytestmark = pytest.mark.slow
 
 
@@ -96,7 +97,7 @@ def response_of(sock: socket.socket) -> tuple[int, bytes]:
 def send_head(port: int, head_bytes: int, target: str = "POST /v1/chat") -> tuple[int, bytes]:
     """A request whose head is `head_bytes` long (one big header), sent in 16 KiB pieces."""
     with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(f"{target} HTTP/1.1\r\nHost: gw\r\nX-Api-Key: k\r\nX-Padding: ".encode())
+        s.sendall(f"{target} HTTP/1.1\r\nHost: gw\r\n".encode() + KEY + b"X-Padding: ")
         piece = b"a" * 16384
         sent = 0
         try:
@@ -152,7 +153,7 @@ def test_head_under_the_limit_is_served(gateway):
 def test_declared_body_over_the_limit_is_413_without_sending_it(gateway):
     with socket.create_connection(("127.0.0.1", gateway["port"])) as s:
         s.sendall(
-            b"POST /v1/chat HTTP/1.1\r\nHost: gw\r\nX-API-Key: k\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat HTTP/1.1\r\nHost: gw\r\n" + KEY + b"Content-Type: application/json\r\n"
             b"Content-Length: 67108864\r\n\r\n"
         )  # 64 MiB announced, not a byte of it sent: the answer cannot wait for it
         status, data = response_of(s)
@@ -162,7 +163,7 @@ def test_declared_body_over_the_limit_is_413_without_sending_it(gateway):
 def test_chunked_body_over_the_limit_is_413_while_streaming(gateway):
     with socket.create_connection(("127.0.0.1", gateway["port"])) as s:
         s.sendall(
-            b"POST /v1/chat HTTP/1.1\r\nHost: gw\r\nX-API-Key: k\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat HTTP/1.1\r\nHost: gw\r\n" + KEY + b"Content-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
         chunk = b"[" + b" " * (2 * MAX_BODY)
@@ -183,7 +184,7 @@ def test_memory_does_not_grow_by_what_is_sent(gateway):
     status, _ = send_head(gateway["port"], size, "GET /healthz")
     assert status == 431
     with socket.create_connection(("127.0.0.1", gateway["port"])) as s:
-        s.sendall(b"POST /v1/chat HTTP/1.1\r\nHost: gw\r\nX-API-Key: k\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(b"POST /v1/chat HTTP/1.1\r\nHost: gw\r\n" + KEY + b"Transfer-Encoding: chunked\r\n\r\n")
         piece = b"10000\r\n" + b"a" * 65536 + b"\r\n"
         try:
             for _ in range(size // 65536):
