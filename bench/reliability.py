@@ -1,0 +1,195 @@
+"""`make reliability`: each fault injected under load, with per-experiment figures, into docs/reliability.md.
+
+    python -m bench.reliability                          # every experiment + the network-namespace cut
+    python -m bench.reliability --only worker_hung --short --no-doc
+
+The stack is bench/load_stack.py with two worker replicas (Redis, milvus-lite server, gateway; cache off). For
+each experiment (bench/reliability_experiments.py) the request mix of bench/load_mix.py runs at `--rate` req/s
+for `--before` s, the fault is injected and held `--hold` s where it has a duration, and the load goes on until
+`--after` s past the fault. Figures per experiment, over the requests started from the fault on:
+  client errors   5xx answers and requests without an answer (4xx would be the client's own fault)
+  degraded        chat answers that name a degraded upstream (`degraded` not empty)
+  recovery s      from the fault until every later request is good (2xx, not degraded) for 3 s or more;
+                  "—" when answers were never bad, "not recovered" when the run ended first
+  writes lost     FAQs the admin API acknowledged (201) during the run that the store does not have afterwards
+The network experiment (bench/reliability_netns.py) runs the gateway and each worker in network namespaces of
+its own, cuts one worker off with nftables and counts the client errors while traffic moves to the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.load_records import Record, lost_writes, recovery_s, summarize
+from bench.load_report import write_section
+from bench.load_run import start_load, wait_load
+from bench.load_stack import LoadStack
+from bench.reliability_experiments import EXPERIMENTS, Experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SHORT = {"before": 5.0, "hold": 4.0, "after": 20.0}
+FULL = {"before": 10.0, "hold": 10.0, "after": 45.0}
+
+
+def figures(records: list[Record], fault_at: float, end: float, present: set[str]) -> dict:
+    during = summarize(records, fault_at, end)
+    before = summarize(records, None, fault_at)
+    recovery = recovery_s(records, fault_at)
+    return {
+        "requests": during["requests"],
+        "client_errors": during["errors"],
+        "client_error_pct": during["error_pct"],
+        "degraded": during["degraded"],
+        "recovery_s": recovery,
+        "recovered": recovery is not None,
+        "writes_acknowledged": sum(1 for r in records if r.faq_id and r.status == 201),
+        "writes_lost": len(lost_writes(records, present)),
+        "statuses": during["statuses"],
+        "chat_p99_ms_before": before["kinds"].get("chat", {}).get("p99_ms"),
+        "chat_p99_ms_after_fault": during["kinds"].get("chat", {}).get("p99_ms"),
+    }
+
+
+def run_experiment(
+    stack: LoadStack, name: str, rate: float, timing: dict, work: Path, prefix: list[str] | None = None
+) -> dict:
+    """The load for before + after seconds, the fault at `before`; the figures of the run."""
+    return run_fault(stack, name, EXPERIMENTS[name][1], rate, timing, work, prefix)
+
+
+def run_fault(
+    stack: LoadStack,
+    name: str,
+    experiment: Experiment,
+    rate: float,
+    timing: dict,
+    work: Path,
+    prefix: list[str] | None = None,
+) -> dict:
+    """`run_experiment` with any experiment function (the network one is not in EXPERIMENTS)."""
+    records_path = work / f"{name}.jsonl"
+    duration = timing["before"] + timing["after"]
+    began = time.time()
+    proc = start_load(stack.url, stack.key, rate, duration, records_path, prefix)
+    time.sleep(timing["before"])
+    fault_at = time.time()
+    notes: dict = {}
+    error: list[BaseException] = []
+
+    def inject() -> None:
+        try:
+            notes.update(experiment(stack, timing["hold"]))
+        except BaseException as e:  # noqa: BLE001 - reported with the figures
+            error.append(e)
+
+    injector = threading.Thread(target=inject, name=f"fault-{name}")
+    injector.start()
+    records = wait_load(proc, records_path, duration + 120)
+    injector.join(300)
+    if error:
+        raise RuntimeError(f"{name}: the fault could not be injected: {error[0]}") from error[0]
+    written = sorted({r.faq_id for r in records if r.faq_id and r.status == 201})
+    present = stack.present_faqs(written)
+    result = figures(records, fault_at, began + duration, present)
+    return {"experiment": name, "fault_at_s": round(fault_at - began, 1), "notes": notes, **result}
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Command: `{result['command']}` — {result['at']}, {result['machine']}; load {result['rate_rps']:g} req/s "
+        f"(the mix of `make load`), fault at {result['timing']['before']:g} s, held {result['timing']['hold']:g} s "
+        f"where it lasts, figures over the {result['timing']['after']:g} s from the fault on.",
+        "",
+        "| experiment | requests | client errors | degraded answers | time to recovery | writes lost | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["experiments"]:
+        recovery = (
+            "—"
+            if row["recovery_s"] == 0
+            else f"{row['recovery_s']} s"
+            if row["recovered"]
+            else "not recovered"
+        )
+        notes = ", ".join(f"{k} {v}" for k, v in row["notes"].items() if k != "statuses")
+        lines.append(
+            f"| {row['title']} | {row['requests']} | {row['client_errors']} ({row['client_error_pct']} %) | "
+            f"{row['degraded']} | {recovery} | {row['writes_lost']} of {row['writes_acknowledged']} | {notes} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    p.add_argument("--rate", type=float, default=6.0, help="offered load, req/s")
+    p.add_argument("--only", default="", help="comma-separated experiments (default: all, netns included)")
+    p.add_argument("--short", action="store_true", help="CI timing: 5 s before, 4 s held, 20 s after")
+    p.add_argument("--no-netns", action="store_true", help="skip the network-namespace experiment")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
+    p.add_argument("--no-doc", action="store_true")
+    args = p.parse_args(argv)
+    timing = SHORT if args.short else FULL
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or [*EXPERIMENTS, "netns_cut"]
+    unknown = [n for n in names if n not in EXPERIMENTS and n != "netns_cut"]
+    if unknown:
+        print(
+            f"error: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}, netns_cut"
+        )
+        return 2
+    if args.no_netns and "netns_cut" in names:
+        names.remove("netns_cut")
+    work = Path(tempfile.mkdtemp(prefix="kefu-reliability-"))
+    started = time.time()
+    rows = []
+    local = [n for n in names if n != "netns_cut"]
+    if local:
+        stack = LoadStack(work / "stack", args.repository.resolve(), replicas=2)
+        try:
+            print(f">> starting the stack (2 worker replicas; logs in {work}/stack)", flush=True)
+            stack.start()
+            for name in local:
+                title = EXPERIMENTS[name][0]
+                print(f">> {name}: {title}", flush=True)
+                row = {"title": title, **run_experiment(stack, name, args.rate, timing, work)}
+                rows.append(row)
+                print("   " + json.dumps({k: v for k, v in row.items() if k != "title"}), flush=True)
+                time.sleep(2)  # the next experiment starts from a settled stack
+        finally:
+            stack.stop()
+    if "netns_cut" in names:
+        from bench.reliability_netns import run_netns_cut
+
+        print(">> netns_cut: gateway and two workers in network namespaces, one worker cut off by nftables")
+        row = run_netns_cut(args.repository.resolve(), args.rate, timing, work / "netns")
+        rows.append(row)
+        print("   " + json.dumps({k: v for k, v in row.items() if k != "title"}), flush=True)
+    result = {
+        "command": "make reliability" if not argv else "python -m bench.reliability " + " ".join(argv),
+        "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "machine": f"{__import__('os').cpu_count()} CPUs shared with other jobs",
+        "rate_rps": args.rate,
+        "timing": timing,
+        "experiments": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"reliability-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.json"
+    path.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", "utf-8")
+    text = markdown(result)
+    print(text, flush=True)
+    if not args.no_doc:
+        write_section(args.doc, "reliability", text)
+        print(f">> written {path} and the reliability section of {args.doc}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
