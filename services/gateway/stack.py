@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         "--internal-port", type=int, default=9000, help="gateway internal port (/metrics, detailed /readyz)"
     )
     p.add_argument("--worker-internal-port", type=int, default=9001, help="worker internal port (/metrics)")
+    p.add_argument("--worker-processes", type=int, default=1, help="worker server processes")
+    p.add_argument(
+        "--backend", default=None, help="worker engine (paddle | onnxruntime); default: the worker's"
+    )
     p.add_argument("--data-dir", type=Path, default=Path("runs/stack"), help="milvus-lite data and logs")
     p.add_argument(
         "--faq-store",
