@@ -197,3 +197,25 @@ def test_memory_does_not_grow_by_what_is_sent(gateway):
     assert httpx.get(f"http://127.0.0.1:{gateway['port']}/healthz").status_code == 200  # still serving
     peak = proc_status(pid, "VmHWM") - before
     assert peak < size // 4, f"peak RSS grew by {peak / 2**20:.1f} MiB while 2 x 16 MiB were refused"
+
+
+def test_one_server_failing_to_start_stops_the_other():
+    """Two servers in one loop: when one cannot bind its port, the other stops too and the exit code says so
+    (uvicorn alone would sys.exit inside the loop and leave the first server's clean-up undone)."""
+    import asyncio
+
+    from services.common.servers import ServerSpec, build_servers, serve_all
+
+    async def app(scope, receive, send):  # never called
+        raise AssertionError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        specs = [
+            ServerSpec(app, "127.0.0.1", free_port()),
+            ServerSpec(app, "127.0.0.1", taken.getsockname()[1]),
+        ]
+        servers = build_servers(specs, max_header_bytes=MAX_HEAD, log_config=None)
+        assert asyncio.run(asyncio.wait_for(serve_all(servers), 30)) == 1
+    assert all(s.should_exit for s in servers)
