@@ -358,6 +358,7 @@ class KnowledgeBase:
             self.embedder.close()
             self.embedder = None
         self.indexed_version, self.error = None, "not prepared yet"
+        self.store_error, self._probed_at = None, -math.inf
 
 
 def read_all(store: FaqStore, page: int = 1000) -> list:
