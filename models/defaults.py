@@ -31,6 +31,7 @@ DEFAULTS = [
             "lr": 3e-4,
             "patience": 5,
             "wide_buckets": 1 << 15,
+            "wide_lr_scale": 100,
             "class_weights": "balanced",
         },
     ),

@@ -5,7 +5,7 @@ import collections
 
 import pytest
 
-from models.sentiment_data import CS_REPEAT, LABELS, build_split, intent_text_sentiment
+from models.sentiment_data import CS_REPEAT, LABELS, NEUTRAL_CS_REPEAT, build_split, intent_text_sentiment
 from tests.conftest import DATA, read_jsonl, write_jsonl
 
 
@@ -74,8 +74,21 @@ def fake_sources(tmp_path):
         write_jsonl(
             data / "cs_sentiment" / f"{split}.jsonl", [{"text": f"垃圾客服{split}", "label": "negative"}]
         )
-    write_jsonl(data / "faq_kb_demo" / "faq.jsonl", [{"question": "怎么退货", "alternatives": ["退货流程"]}])
-    write_jsonl(data / "faq_kb_demo" / "queries_dev.jsonl", [{"query": "退货咋弄", "faq_id": "faq-1"}])
+    write_jsonl(
+        data / "faq_kb_demo" / "faq.jsonl",
+        [
+            {"id": "faq-1", "category": "退换货", "question": "怎么退货", "alternatives": ["退货流程"]},
+            {"id": "faq-2", "category": "投诉", "question": "怎么投诉", "alternatives": ["配送服务太差了"]},
+        ],
+    )
+    write_jsonl(
+        data / "faq_kb_demo" / "queries_dev.jsonl",
+        [
+            {"query": "退货咋弄", "faq_id": "faq-1"},
+            {"query": "送货的师傅很凶 去哪投诉他", "faq_id": "faq-2"},
+            {"query": "我已经委托律师了", "faq_id": None},
+        ],
+    )
     return shared, data
 
 
@@ -88,7 +101,12 @@ def test_build_split_sources_and_labels(fake_sources):
     assert "到底发不发train" not in texts  # impatient request left out
     assert {"明天天气train", "导航去公司train", "退货地址是哪里train", "怎么退货", "退货流程"} <= set(texts)
     assert "明天天气train" in texts and texts["明天天气train"] == 1  # smp2019 repeats smp2017: kept once
+    assert (
+        "怎么投诉" not in texts and "配送服务太差了" not in texts
+    )  # the KB's complaint FAQs are not neutral
     assert texts["垃圾客服train"] == CS_REPEAT and texts["我要投诉train"] == CS_REPEAT
+    assert texts["退货流程"] == NEUTRAL_CS_REPEAT and texts["退货地址是哪里train"] == NEUTRAL_CS_REPEAT
+    assert texts["很好吃train"] == 1
     assert texts["同一句话"] == 1  # a text in two sources: the first occurrence (the review) wins
     assert next(r for r in train if r["text"] == "同一句话")["label"] == "negative"
 
@@ -99,6 +117,7 @@ def test_build_split_dev_keeps_populations_once(fake_sources):
     by_text = {r["text"]: r for r in dev}
     assert len(by_text) == len(dev)  # nothing repeated in dev
     assert by_text["退货咋弄"] == {"text": "退货咋弄", "label": "neutral", "source": "faq_kb_demo"}
+    assert "送货的师傅很凶 去哪投诉他" not in by_text and "我已经委托律师了" not in by_text
     assert (
         by_text["垃圾客服dev"]["source"] == "cs_sentiment" and by_text["我要投诉dev"]["label"] == "negative"
     )
@@ -114,4 +133,17 @@ def test_shipped_sentiment_data_has_three_labels_and_no_dev_leak():
     assert {r["label"] for r in train} == {r["label"] for r in dev} == set(labels)
     assert not {r["text"] for r in train} & {r["text"] for r in dev}
     dev_sources = collections.Counter((r["source"], r["label"]) for r in dev)
-    assert dev_sources[("faq_kb_demo", "neutral")] >= 200 and dev_sources[("cs_sentiment", "negative")] >= 50
+    assert dev_sources[("faq_kb_demo", "neutral")] >= 150 and dev_sources[("cs_sentiment", "negative")] >= 50
+
+
+def test_choose_threshold_is_the_lowest_meeting_the_neutral_budget():
+    import numpy as np
+
+    from models.handoff_report import choose_threshold
+
+    neutral = np.array([0.1] * 97 + [0.6, 0.75, 0.93])
+    assert choose_threshold(neutral, max_neutral=0.01) == 0.76  # only 0.93 left: 1 %
+    assert choose_threshold(neutral, max_neutral=0.0) == 0.94
+    assert (
+        choose_threshold(np.array([0.999]), max_neutral=0.0) == 0.99
+    )  # nothing meets it: the top of the grid
