@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks eval-faq eval-chat faq-thresholds bench bench-runner bench-worker bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s canary-demo
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq eval-chat faq-thresholds bench bench-runner bench-worker bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s canary-demo load reliability
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -83,6 +83,12 @@ bench-faq: setup ## FAQ search p50/p99/qps at 1k/10k/100k entries: milvus-lite v
 
 bench-gateway: setup $(REPO)/.built ## /v1/chat closed loop at concurrency 8/32/64 on the local stack (URL=... for a running one)
 	$(PY) -m bench.gateway_bench --repository $(REPO) $(if $(URL),--url $(URL))
+
+load: setup $(REPO)/.built ## knee of the local stack under the real mix (chat 80 / FAQ 15 / admin 5 %) + 10-min soak at 80 % of it -> docs/reliability.md (~20 min)
+	$(PY) -m bench.load --repository $(REPO)
+
+reliability: setup $(REPO)/.built ## faults under load (engine / worker killed, worker hung, store restart, Redis down, hot reload, canary rollback, nftables cut between network namespaces; root) -> docs/reliability.md (~12 min)
+	$(PY) -m bench.reliability --repository $(REPO)
 
 pretrain: setup ## reproduce models/pretrained/ernie-tiny-cs (MLM on every train split under DATA; ~30 min)
 	$(PY) -m models.pretrain --data $(DATA) --out models/pretrained/ernie-tiny-cs --steps 5000

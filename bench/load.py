@@ -63,7 +63,7 @@ def soak(stack: LoadStack, rate: float, work: Path, args) -> dict:
         if time.time() - began >= min(60.0, args.soak / 4) and time.time() - began <= args.soak:
             samples.append({"t_s": round(time.time() - began, 1), **stack.resources()})
     records = wait_load(proc, records_path, 120)
-    summary = summarize(records, began + WARMUP_S, began + args.soak)
+    summary = summarize(records, began + min(WARMUP_S, args.soak / 4), began + args.soak)
     flat, change = flat_within([s["rss_mb"] for s in samples], args.memory_pct)
     fd_growth = growth([s["fds"] for s in samples])
     verdict = {
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--replicas", type=int, default=1, help="worker replicas")
-    p.add_argument("--start", type=float, default=4.0, help="first offered rate, req/s")
+    p.add_argument("--start", type=float, default=2.0, help="first offered rate, req/s")
     p.add_argument("--factor", type=float, default=1.4, help="rate multiplier per step")
     p.add_argument("--max-rate", type=float, default=400.0)
     p.add_argument("--step", type=float, default=30.0, help="seconds per knee step")

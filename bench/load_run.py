@@ -24,7 +24,9 @@ USER_RATE = 0.5  # requests/s per simulated client
 def locust_argv(url: str, rate_rps: float, duration_s: float) -> tuple[list[str], int, float]:
     users = max(1, math.ceil(rate_rps / USER_RATE))
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url]
-    argv += ["-u", str(users), "-r", str(users), "-t", f"{max(1, round(duration_s))}s"]
+    # users start over one sending interval (spawn rate = the offered rate), so their requests interleave
+    # instead of arriving in bursts of `users` at once
+    argv += ["-u", str(users), "-r", f"{max(rate_rps, 1.0):g}", "-t", f"{max(1, round(duration_s))}s"]
     argv += ["--only-summary", "--loglevel", "WARNING", "--stop-timeout", "10", "--exit-code-on-error", "0"]
     return argv, users, rate_rps / users
 

@@ -167,8 +167,10 @@ class LoadStack:
         worker_prefix: Callable[[int], list[str]] = lambda i: [],
         worker_ports: Sequence[int] | None = None,
         gateway_env: dict[str, str] | None = None,
+        worker_namespaces: Sequence[str] = (),
     ):
         self.workdir = workdir
+        self.worker_namespaces = list(worker_namespaces)  # each worker's network namespace, when it has one
         workdir.mkdir(parents=True, exist_ok=True)
         self.repository = prepare_repository(source_repository, workdir / "repository")
         self.key = "load-" + secrets.token_urlsafe(18)
@@ -304,6 +306,14 @@ class LoadStack:
             httpx.post(f"{url}/v2/repository/models/{model}/load", headers=headers, timeout=120).status_code
             for url in self.worker_urls
         ]
+
+    def add_version(self, model: str) -> int:
+        """A new version of `model` in the repository: a copy of its highest one; its number."""
+        versions = sorted(int(d.name) for d in (self.repository / model).iterdir() if d.name.isdigit())
+        shutil.copytree(
+            self.repository / model / str(versions[-1]), self.repository / model / str(versions[-1] + 1)
+        )
+        return versions[-1] + 1
 
     def set_routing(self, text: str) -> None:
         tmp = self.routing.with_suffix(".tmp")

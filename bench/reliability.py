@@ -1,25 +1,30 @@
 """`make reliability`: each fault injected under load, with per-experiment figures, into docs/reliability.md.
 
-    python -m bench.reliability                          # every experiment + the network-namespace cut
-    python -m bench.reliability --only worker_hung --short --no-doc
+    python -m bench.reliability                                   # every experiment (root: network namespaces)
+    python -m bench.reliability --only worker_hung --short --no-doc --no-netns
 
-The stack is bench/load_stack.py with two worker replicas (Redis, milvus-lite server, gateway; cache off). For
-each experiment (bench/reliability_experiments.py) the request mix of bench/load_mix.py runs at `--rate` req/s
-for `--before` s, the fault is injected and held `--hold` s where it has a duration, and the load goes on until
-`--after` s past the fault. Figures per experiment, over the requests started from the fault on:
+The stack is bench/load_stack.py with two worker replicas (Redis, milvus-lite server, gateway; cache off), laid
+out in network namespaces (bench/reliability_netns.py: the gateway, Redis, the store and the load generator in
+one, each worker in its own, joined by veth pairs; this module runs itself again inside the gateway's);
+`--no-netns` puts everything on loopback instead (no root needed, no `netns_cut`). For each experiment
+(bench/reliability_experiments.py) the request mix of bench/load_mix.py runs at `--rate` req/s: the fault comes
+after 10 s (`--short`: 3 s), is held 10 s (3 s) where it has a duration, and the load goes on until 45 s (12 s)
+past the fault. Figures per experiment, over the requests started from the fault on:
   client errors   5xx answers and requests without an answer (4xx would be the client's own fault)
   degraded        chat answers that name a degraded upstream (`degraded` not empty)
   recovery s      from the fault until every later request is good (2xx, not degraded) for 3 s or more;
                   "—" when answers were never bad, "not recovered" when the run ended first
   writes lost     FAQs the admin API acknowledged (201) during the run that the store does not have afterwards
-The network experiment (bench/reliability_netns.py) runs the gateway and each worker in network namespaces of
-its own, cuts one worker off with nftables and counts the client errors while traffic moves to the other.
+The experiments run one after the other on the same stack, 2 s apart; the figures land in the reliability
+section of docs/reliability.md and in bench/results/reliability-<UTC time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,10 +36,13 @@ from bench.load_report import write_section
 from bench.load_run import start_load, wait_load
 from bench.load_stack import LoadStack
 from bench.reliability_experiments import EXPERIMENTS, Experiment
+from bench.reliability_netns import Namespaces, check_tools, stack_in_namespaces
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SHORT = {"before": 5.0, "hold": 4.0, "after": 20.0}
+SHORT = {"before": 3.0, "hold": 3.0, "after": 12.0}
+# the gateway finds a restarted store at its next refresh / probe (about 10 s): a short run watches it longer
+SHORT_AFTER = {"store_restarted": 25.0}
 FULL = {"before": 10.0, "hold": 10.0, "after": 45.0}
 
 
@@ -61,6 +69,8 @@ def run_experiment(
     stack: LoadStack, name: str, rate: float, timing: dict, work: Path, prefix: list[str] | None = None
 ) -> dict:
     """The load for before + after seconds, the fault at `before`; the figures of the run."""
+    if timing == SHORT and name in SHORT_AFTER:
+        timing = {**timing, "after": SHORT_AFTER[name]}
     return run_fault(stack, name, EXPERIMENTS[name][1], rate, timing, work, prefix)
 
 
@@ -104,7 +114,7 @@ def run_fault(
 def markdown(result: dict) -> str:
     lines = [
         f"Command: `{result['command']}` — {result['at']}, {result['machine']}; load {result['rate_rps']:g} req/s "
-        f"(the mix of `make load`), fault at {result['timing']['before']:g} s, held {result['timing']['hold']:g} s "
+        f"(the mix of `make load`), {result['layout']}, fault at {result['timing']['before']:g} s, held {result['timing']['hold']:g} s "
         f"where it lasts, figures over the {result['timing']['after']:g} s from the fault on.",
         "",
         "| experiment | requests | client errors | degraded answers | time to recovery | writes lost | notes |",
@@ -126,56 +136,106 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_all(stack: LoadStack, names: list[str], rate: float, timing: dict, work: Path) -> list[dict]:
+    rows = []
+    try:
+        print(
+            f">> starting the stack ({len(stack.worker_urls)} worker replicas; logs in {stack.workdir})",
+            flush=True,
+        )
+        stack.start()
+        for name in names:
+            title = EXPERIMENTS[name][0]
+            print(f">> {name}: {title}", flush=True)
+            row = {"title": title, **run_experiment(stack, name, rate, timing, work)}
+            rows.append(row)
+            print("   " + json.dumps({k: v for k, v in row.items() if k != "title"}), flush=True)
+            time.sleep(2)  # the next experiment starts from a settled stack
+    finally:
+        stack.stop()
+    return rows
+
+
+def in_namespaces(argv: list[str], work: Path) -> list[dict]:
+    """Namespaces up, this module again inside the gateway's (`--inside`), namespaces down; its rows."""
+    check_tools()
+    ns = Namespaces(f"{os.getpid() % 100000}")
+    result = work / "rows.json"
+    try:
+        ns.create()
+        inner = [*argv, "--inside", ns.names, "--work", str(work), "--result", str(result)]
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns.gateway, sys.executable, "-m", "bench.reliability", *inner],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=False,
+        )
+        if proc.returncode != 0 or not result.exists():
+            raise RuntimeError(
+                f"the experiments failed in the network namespaces ({proc.returncode}); logs in {work}"
+            )
+    finally:
+        ns.delete()
+    return json.loads(result.read_text("utf-8"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--rate", type=float, default=6.0, help="offered load, req/s")
-    p.add_argument("--only", default="", help="comma-separated experiments (default: all, netns included)")
-    p.add_argument("--short", action="store_true", help="CI timing: 5 s before, 4 s held, 20 s after")
-    p.add_argument("--no-netns", action="store_true", help="skip the network-namespace experiment")
+    p.add_argument(
+        "--only", default="", help=f"comma-separated experiments (default: all): {', '.join(EXPERIMENTS)}"
+    )
+    p.add_argument(
+        "--short", action="store_true", help="CI timing: 3 s before, 3 s held, 12 s after (store: 25 s)"
+    )
+    p.add_argument(
+        "--no-netns", action="store_true", help="everything on loopback, no netns_cut (no root needed)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
-    p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--no-doc", action="store_true", help="do not write the figures into --doc")
+    p.add_argument(
+        "--inside", default="", help=argparse.SUPPRESS
+    )  # namespaces, when run inside the gateway's
+    p.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     timing = SHORT if args.short else FULL
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or [*EXPERIMENTS, "netns_cut"]
-    unknown = [n for n in names if n not in EXPERIMENTS and n != "netns_cut"]
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(EXPERIMENTS)
+    unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         print(
-            f"error: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}, netns_cut"
+            f"error: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}",
+            file=sys.stderr,
         )
         return 2
     if args.no_netns and "netns_cut" in names:
         names.remove("netns_cut")
+    if args.inside:  # the second half of in_namespaces()
+        stack = stack_in_namespaces(args.work / "stack", args.repository.resolve(), args.inside)
+        rows = run_all(stack, names, args.rate, timing, args.work)
+        args.result.write_text(json.dumps(rows, ensure_ascii=False), "utf-8")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="kefu-reliability-"))
     started = time.time()
-    rows = []
-    local = [n for n in names if n != "netns_cut"]
-    if local:
-        stack = LoadStack(work / "stack", args.repository.resolve(), replicas=2)
-        try:
-            print(f">> starting the stack (2 worker replicas; logs in {work}/stack)", flush=True)
-            stack.start()
-            for name in local:
-                title = EXPERIMENTS[name][0]
-                print(f">> {name}: {title}", flush=True)
-                row = {"title": title, **run_experiment(stack, name, args.rate, timing, work)}
-                rows.append(row)
-                print("   " + json.dumps({k: v for k, v in row.items() if k != "title"}), flush=True)
-                time.sleep(2)  # the next experiment starts from a settled stack
-        finally:
-            stack.stop()
-    if "netns_cut" in names:
-        from bench.reliability_netns import run_netns_cut
-
-        print(">> netns_cut: gateway and two workers in network namespaces, one worker cut off by nftables")
-        row = run_netns_cut(args.repository.resolve(), args.rate, timing, work / "netns")
-        rows.append(row)
-        print("   " + json.dumps({k: v for k, v in row.items() if k != "title"}), flush=True)
+    try:
+        if args.no_netns:
+            stack = LoadStack(work / "stack", args.repository.resolve(), replicas=2)
+            rows = run_all(stack, names, args.rate, timing, work)
+        else:
+            rows = in_namespaces(argv, work)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     result = {
         "command": "make reliability" if not argv else "python -m bench.reliability " + " ".join(argv),
         "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "machine": f"{__import__('os').cpu_count()} CPUs shared with other jobs",
+        "machine": f"{os.cpu_count()} CPUs shared with other jobs",
+        "layout": "loopback"
+        if args.no_netns
+        else "gateway and each worker in a network namespace (veth pairs)",
         "rate_rps": args.rate,
         "timing": timing,
         "experiments": rows,

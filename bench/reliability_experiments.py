@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from bench.load_stack import LoadStack, routing_text
+from bench.reliability_netns import netns_cut
 
 Experiment = Callable[[LoadStack, float], dict]
 
@@ -56,10 +57,12 @@ def redis_down(stack: LoadStack, hold_s: float) -> dict:
 
 
 def hot_reload(stack: LoadStack, hold_s: float) -> dict:
-    """Hot reload of every model on every worker (explicit model control), one after the other."""
+    """A new sentiment version (a copy of the serving one) appears in the repository and every worker hot-loads
+    it (explicit model control): the worker builds and warms it, then swaps it in for the old one."""
     started = time.monotonic()
-    statuses = {model: stack.reload(model) for model in ("intent", "sentiment", "faq")}
-    return {"statuses": statuses, "reload_s": round(time.monotonic() - started, 1)}
+    version = stack.add_version("sentiment")
+    statuses = stack.reload("sentiment")
+    return {"version": version, "statuses": statuses, "reload_s": round(time.monotonic() - started, 1)}
 
 
 def canary_rollback(stack: LoadStack, hold_s: float) -> dict:
@@ -76,6 +79,7 @@ EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "worker_hung": ("worker replica hung (SIGSTOP), then resumed", worker_hung),
     "store_restarted": ("FAQ store killed and restarted", store_restarted),
     "redis_down": ("Redis down, then back (empty)", redis_down),
-    "hot_reload": ("hot reload of every model mid-load", hot_reload),
+    "hot_reload": ("hot reload of a new sentiment version mid-load", hot_reload),
     "canary_rollback": ("intent canary at 50 %, rolled back mid-load", canary_rollback),
+    "netns_cut": ("worker replica cut off by nftables (network namespaces)", netns_cut),
 }

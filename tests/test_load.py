@@ -104,6 +104,7 @@ def test_offered_rate_is_users_times_per_user_rate():
     argv, users, per_user = locust_argv("http://127.0.0.1:1", 7.0, 30)
     assert users == 14 and per_user == pytest.approx(USER_RATE)
     assert argv[argv.index("-u") + 1] == "14" and argv[argv.index("-t") + 1] == "30s"
+    assert argv[argv.index("-r") + 1] == "7"  # users start spread over one interval, not in one burst
     _, users, per_user = locust_argv("http://127.0.0.1:1", 0.2, 5)
     assert users == 1 and per_user == pytest.approx(0.2)
 
@@ -176,3 +177,40 @@ def test_locust_mix_records_every_request_with_status_degraded_and_written_ids(g
     assert all(r.status == 201 and r.faq_id for r in writes)
     assert all(began - 1 <= r.start <= began + 10 for r in records)
     json.dumps([r.__dict__ for r in records])  # plain values only
+
+
+class FakeStack:
+    """What `bench.load.soak` uses of a stack: its URL and key, and resource samples (here scripted)."""
+
+    def __init__(self, url: str, rss: list[float], fds: list[int]):
+        self.url, self.key = url, "k-test"
+        self._samples = iter(zip(rss, fds, strict=True))
+        self.last = (rss[-1], fds[-1])
+
+    def resources(self) -> dict:
+        rss, fds = next(self._samples, self.last)
+        return {"rss_mb": rss, "fds": fds}
+
+
+def soak_args(**kw):
+    import argparse
+
+    return argparse.Namespace(**{"soak": 4.0, "sample_every": 0.25, "memory_pct": 10.0, **kw})
+
+
+def test_soak_fails_on_errors_memory_growth_and_fd_growth(gateway_url, tmp_path):
+    from bench.load import soak
+
+    # the fake gateway answers every 5th chat with a 503: a soak with errors never passes
+    steady = soak(FakeStack(gateway_url, [500.0] * 40, [100] * 40), 20.0, tmp_path, soak_args())
+    assert steady["summary"]["errors"] > 0 and steady["verdict"] == {
+        "zero_errors": False,
+        "memory_flat": True,
+        "no_fd_growth": True,
+    }
+    assert not steady["passed"] and len(steady["samples"]) >= 6
+    leaking = FakeStack(gateway_url, [500.0 + 20 * i for i in range(40)], [100 + 3 * i for i in range(40)])
+    (tmp_path / "leak").mkdir()
+    grown = soak(leaking, 20.0, tmp_path / "leak", soak_args())
+    assert grown["verdict"]["memory_flat"] is False and grown["memory_change_pct"] > 10
+    assert grown["verdict"]["no_fd_growth"] is False and grown["fd_growth"] > 0
