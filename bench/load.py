@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ from bench.load_records import find_knee, flat_within, growth, summarize
 from bench.load_report import write_section
 from bench.load_run import run_load, start_load, wait_load
 from bench.load_stack import LoadStack
+from bench.reliability import stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
     p.add_argument("--no-doc", action="store_true", help="do not write the figures into --doc")
     args = p.parse_args(argv)
+    stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="kefu-load-"))
     stack = LoadStack(work / "stack", args.repository.resolve(), replicas=args.replicas)
     started = time.time()
@@ -148,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         steps, knee = knee_search(stack, work, args)
         result = {
-            "command": "make load" if not argv else "python -m bench.load " + " ".join(argv),
+            "command": "make load"
+            if "MAKELEVEL" in os.environ
+            else "python -m bench.load " + " ".join(sys.argv[1:] if argv is None else argv),
             "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-            "machine": f"{__import__('os').cpu_count()} CPUs shared with other jobs",
+            "machine": f"{os.cpu_count()} CPUs shared with other jobs",
             "p99_slo_ms": args.p99_slo_ms,
             "max_error_pct": args.max_error_pct,
             "steps": steps,

@@ -59,6 +59,10 @@ def wait_load(proc: subprocess.Popen, records: Path, timeout_s: float) -> list[R
         proc.kill()
         proc.wait()
         raise RuntimeError(f"locust did not finish in {timeout_s:.0f} s") from None
+    except BaseException:  # interrupted: no load generator left behind
+        proc.kill()
+        proc.wait()
+        raise
     if rc != 0 or not records.exists():
         log = records.with_suffix(".locust.log")
         tail = log.read_text("utf-8", "replace")[-2000:] if log.exists() else ""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,7 +100,7 @@ def run_fault(
         except BaseException as e:  # noqa: BLE001 - reported with the figures
             error.append(e)
 
-    injector = threading.Thread(target=inject, name=f"fault-{name}")
+    injector = threading.Thread(target=inject, name=f"fault-{name}", daemon=True)
     injector.start()
     records = wait_load(proc, records_path, duration + 120)
     injector.join(300)
@@ -117,8 +118,9 @@ def markdown(result: dict) -> str:
         f"(the mix of `make load`), {result['layout']}, fault at {result['timing']['before']:g} s, held {result['timing']['hold']:g} s "
         f"where it lasts, figures over the {result['timing']['after']:g} s from the fault on.",
         "",
-        "| experiment | requests | client errors | degraded answers | time to recovery | writes lost | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| experiment | requests | client errors | degraded answers | time to recovery | writes lost "
+        "| chat p99 ms before / from the fault | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["experiments"]:
         recovery = (
@@ -131,9 +133,19 @@ def markdown(result: dict) -> str:
         notes = ", ".join(f"{k} {v}" for k, v in row["notes"].items() if k != "statuses")
         lines.append(
             f"| {row['title']} | {row['requests']} | {row['client_errors']} ({row['client_error_pct']} %) | "
-            f"{row['degraded']} | {recovery} | {row['writes_lost']} of {row['writes_acknowledged']} | {notes} |"
+            f"{row['degraded']} | {recovery} | {row['writes_lost']} of {row['writes_acknowledged']} | "
+            f"{row['chat_p99_ms_before']} / {row['chat_p99_ms_after_fault']} | {notes} |"
         )
     return "\n".join(lines)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the stack is stopped and the namespaces go."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_all(stack: LoadStack, names: list[str], rate: float, timing: dict, work: Path) -> list[dict]:
@@ -164,12 +176,21 @@ def in_namespaces(argv: list[str], work: Path) -> list[dict]:
     try:
         ns.create()
         inner = [*argv, "--inside", ns.names, "--work", str(work), "--result", str(result)]
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             ["ip", "netns", "exec", ns.gateway, sys.executable, "-m", "bench.reliability", *inner],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
-            check=False,
         )
+        try:
+            proc.wait()
+        finally:  # interrupted: the inner run stops its stack before the namespaces go
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(90)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         if proc.returncode != 0 or not result.exists():
             raise RuntimeError(
                 f"the experiments failed in the network namespaces ({proc.returncode}); logs in {work}"
@@ -202,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    stop_on_sigterm()
     timing = SHORT if args.short else FULL
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
@@ -230,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     result = {
-        "command": "make reliability" if not argv else "python -m bench.reliability " + " ".join(argv),
+        "command": "make reliability"
+        if "MAKELEVEL" in os.environ
+        else "python -m bench.reliability " + " ".join(argv or []),
         "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": f"{os.cpu_count()} CPUs shared with other jobs",
         "layout": "loopback"

@@ -35,8 +35,13 @@ def run(tmp_path_factory) -> dict:
     before = namespaces()
     out = tmp_path_factory.mktemp("reliability")
     argv = [sys.executable, "-m", "bench.reliability", "--short", "--no-doc", "--out", str(out)]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=480, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the run stops its stack and deletes its namespaces
+        stdout, stderr = proc.communicate(120)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     [path] = out.glob("reliability-*.json")
     return {
         "result": json.loads(path.read_text("utf-8")),
