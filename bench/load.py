@@ -9,9 +9,9 @@
    250 ms; p99 is the stricter reading) and whose errors (5xx, no answer) stay within `--max-error-pct` (0.5:
    99.5 % of /v1 without 5xx). The search stops at the first step that misses either.
 2. Soak: `--soak` seconds (600) at 80 % of the knee, memory (RSS of every process of the stack) and open file
-   descriptors sampled every 10 s. Passes with 0 errors, memory flat within 10 % (last 3 samples against the
-   first 3 after a minute of warm-up) and no file-descriptor growth (median of the last 3 samples against the
-   first 3).
+   descriptors sampled every 10 s. Passes with 0 errors, memory flat within 10 % (mean of the last quarter of the
+   samples against the first quarter, after a minute of warm-up) and no file-descriptor growth (median of the
+   last quarter of the samples against the first quarter).
 The stack is bench/load_stack.py (Redis, milvus-lite server, `--replicas` workers, gateway; cache off).
 """
 
@@ -41,7 +41,7 @@ def knee_search(stack: LoadStack, work: Path, args) -> tuple[list[dict], dict | 
     while rate <= args.max_rate:
         records, began = run_load(stack.url, stack.key, rate, args.step, work / f"step-{rate:g}.jsonl")
         summary = summarize(records, began + WARMUP_S, began + args.step)
-        step = {"target_rps": round(rate, 2), "summary": summary}
+        step = {"target_rps": round(rate, 2), "summary": summary, "loadavg_1m": round(os.getloadavg()[0], 2)}
         steps.append(step)
         chat = summary["kinds"].get("chat", {})
         print(
@@ -63,7 +63,8 @@ def soak(stack: LoadStack, rate: float, work: Path, args) -> dict:
     while proc.poll() is None:
         time.sleep(args.sample_every)
         if time.time() - began >= min(60.0, args.soak / 4) and time.time() - began <= args.soak:
-            samples.append({"t_s": round(time.time() - began, 1), **stack.resources()})
+            sample = {"t_s": round(time.time() - began, 1), "loadavg_1m": round(os.getloadavg()[0], 2)}
+            samples.append({**sample, **stack.resources()})
     records = wait_load(proc, records_path, 120)
     summary = summarize(records, began + min(WARMUP_S, args.soak / 4), began + args.soak)
     flat, change = flat_within([s["rss_mb"] for s in samples], args.memory_pct)
@@ -89,8 +90,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"Command: `{result['command']}` — {result['at']}, {result['machine']}.",
         "",
-        "| offered req/s | sent req/s | chat p50 ms | chat p99 ms | FAQ search p99 ms | admin p99 ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| offered req/s | sent req/s | chat p50 ms | chat p99 ms | FAQ search p99 ms | admin p99 ms | errors "
+        "| machine load (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for step in result["steps"]:
         s, k = step["summary"], step["summary"]["kinds"]
@@ -98,7 +100,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {step['target_rps']:g} | {s['rate_rps']} | {k.get('chat', {}).get('p50_ms')} | "
             f"{k.get('chat', {}).get('p99_ms')} | {k.get('faq_search', {}).get('p99_ms')} | {admin or '-'} | "
-            f"{s['errors']} ({s['error_pct']} %) |"
+            f"{s['errors']} ({s['error_pct']} %) | {step.get('loadavg_1m', '-')} |"
         )
     knee = result["knee_rps"]
     lines += ["", f"**Knee: {knee} req/s** (highest offered rate with chat p99 ≤ {result['p99_slo_ms']:g} ms "

@@ -36,7 +36,7 @@ from bench.load_records import Record, lost_writes, recovery_s, summarize
 from bench.load_report import write_section
 from bench.load_run import start_load, wait_load
 from bench.load_stack import LoadStack
-from bench.reliability_experiments import EXPERIMENTS, Experiment
+from bench.reliability_experiments import EXPERIMENTS
 from bench.reliability_netns import Namespaces, check_tools, stack_in_namespaces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,9 @@ FULL = {"before": 10.0, "hold": 10.0, "after": 45.0}
 
 def figures(records: list[Record], fault_at: float, end: float, present: set[str]) -> dict:
     during = summarize(records, fault_at, end)
-    before = summarize(records, None, fault_at)
+    before = summarize(
+        [r for r in records if r.end < fault_at]
+    )  # answered before the fault: not caught by it
     recovery = recovery_s(records, fault_at)
     return {
         "requests": during["requests"],
@@ -66,29 +68,16 @@ def figures(records: list[Record], fault_at: float, end: float, present: set[str
     }
 
 
-def run_experiment(
-    stack: LoadStack, name: str, rate: float, timing: dict, work: Path, prefix: list[str] | None = None
-) -> dict:
-    """The load for before + after seconds, the fault at `before`; the figures of the run."""
+def run_experiment(stack: LoadStack, name: str, rate: float, timing: dict, work: Path) -> dict:
+    """The load for before + after seconds, the fault at `before` (in a thread: the load goes on meanwhile);
+    the figures of the run."""
     if timing == SHORT and name in SHORT_AFTER:
         timing = {**timing, "after": SHORT_AFTER[name]}
-    return run_fault(stack, name, EXPERIMENTS[name][1], rate, timing, work, prefix)
-
-
-def run_fault(
-    stack: LoadStack,
-    name: str,
-    experiment: Experiment,
-    rate: float,
-    timing: dict,
-    work: Path,
-    prefix: list[str] | None = None,
-) -> dict:
-    """`run_experiment` with any experiment function (the network one is not in EXPERIMENTS)."""
+    experiment = EXPERIMENTS[name][1]
     records_path = work / f"{name}.jsonl"
     duration = timing["before"] + timing["after"]
     began = time.time()
-    proc = start_load(stack.url, stack.key, rate, duration, records_path, prefix)
+    proc = start_load(stack.url, stack.key, rate, duration, records_path)
     time.sleep(timing["before"])
     fault_at = time.time()
     notes: dict = {}
@@ -109,7 +98,14 @@ def run_fault(
     written = sorted({r.faq_id for r in records if r.faq_id and r.status == 201})
     present = stack.present_faqs(written)
     result = figures(records, fault_at, began + duration, present)
-    return {"experiment": name, "fault_at_s": round(fault_at - began, 1), "notes": notes, **result}
+    return {
+        "experiment": name,
+        "fault_at": fault_at,
+        "fault_at_s": round(fault_at - began, 1),
+        "notes": notes,
+        **result,
+        "loadavg_1m": round(os.getloadavg()[0], 2),  # the machine is shared: how busy it was
+    }
 
 
 def markdown(result: dict) -> str:
@@ -119,8 +115,8 @@ def markdown(result: dict) -> str:
         f"where it lasts, figures over the {result['timing']['after']:g} s from the fault on.",
         "",
         "| experiment | requests | client errors | degraded answers | time to recovery | writes lost "
-        "| chat p99 ms before / from the fault | notes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| chat p99 ms before / from the fault | machine load (1 min) | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["experiments"]:
         recovery = (
@@ -134,7 +130,8 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {row['title']} | {row['requests']} | {row['client_errors']} ({row['client_error_pct']} %) | "
             f"{row['degraded']} | {recovery} | {row['writes_lost']} of {row['writes_acknowledged']} | "
-            f"{row['chat_p99_ms_before']} / {row['chat_p99_ms_after_fault']} | {notes} |"
+            f"{row['chat_p99_ms_before']} / {row['chat_p99_ms_after_fault']} | {row.get('loadavg_1m', '-')} | "
+            f"{notes} |"
         )
     return "\n".join(lines)
 

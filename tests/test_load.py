@@ -89,6 +89,10 @@ def test_memory_flat_and_fd_growth():
     assert growth([50, 50, 50, 60, 64, 70]) == 14
     with pytest.raises(ValueError, match="at least 6"):
         growth([1, 2, 3])
+    # a flat line with sampling noise at both ends is no growth; a slow leak over the soak is
+    noisy = [166, 166, 170, 170, 174, 170, 170, 172, 170, 166, 174, 166, 172, 170, 170, 166, 172, 170, 170]
+    assert growth(noisy) == 0
+    assert growth([166 + i // 2 for i in range(40)]) > 0
 
 
 def test_report_section_is_replaced_in_place_and_appended_once():
