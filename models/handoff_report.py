@@ -71,7 +71,7 @@ def choose_threshold(neutral: np.ndarray, max_neutral: float) -> float:
     return float(GRID[-1])
 
 
-def sentiment_report(model: Path, dev: Path, max_neutral: float = 0.005) -> dict:
+def sentiment_report(model: Path, dev: Path, max_neutral: float = 0.01) -> dict:
     populations = sentiment_populations(dev)
     scores = {name: p_negative(model, texts) for name, texts in populations.items() if texts}
     threshold = choose_threshold(scores["neutral_cs_questions"], max_neutral)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threshold", type=float, help="sentiment hand-over threshold (default: the proposed one)"
     )
-    p.add_argument("--max-neutral", type=float, default=0.005, help="neutral share allowed at the threshold")
+    p.add_argument("--max-neutral", type=float, default=0.01, help="neutral share allowed at the threshold")
     p.add_argument("--out", type=Path, help="also write the report here (JSON)")
     args = p.parse_args(argv)
     report: dict = {}
