@@ -45,7 +45,7 @@ def run(tmp_path_factory) -> dict:
     [path] = out.glob("reliability-*.json")
     return {
         "result": json.loads(path.read_text("utf-8")),
-        "stdout": proc.stdout,
+        "stdout": stdout,
         "leftover": namespaces() - before,
     }
 
