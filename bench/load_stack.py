@@ -3,8 +3,8 @@ Redis, the FAQ store (`milvus-lite server`), N worker replicas and the gateway, 
 
 Unlike `services.gateway.stack` (which stops everything when a child dies, as a launcher should), this harness
 plays the supervisor itself: an experiment kills a component and, like the kubelet, starts it again.
-The gateway gets every worker replica for every role (`KEFU_GATEWAY_WORKERS`), a routing file (intent stable
-"1"; version 2 is a copy of 1 for the canary experiment), Redis for sessions / rate limits, its response
+The gateway gets every worker replica for every role (`KEFU_GATEWAY_WORKERS`), a routing file (intent's
+serving version stable; a copy of it as the next version for the canary experiment), Redis for sessions / rate limits, its response
 cache off (every request does the real work), a throw-away API key with scopes chat + admin, and the workers
 explicit model control (hot reload). `worker_prefix` / `worker_hosts` put the workers elsewhere (the network
 namespaces of bench/reliability_netns.py); by default everything is on 127.0.0.1.
@@ -40,30 +40,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def prepare_repository(source: Path, repo: Path) -> Path:
-    """Version 1 of every model, intent also as version 2 (a copy) with a version policy serving all."""
+def prepare_repository(source: Path, repo: Path) -> tuple[Path, int]:
+    """The serving (highest) version of every model, and intent's also as the next number (a copy, the canary
+    of `canary_rollback`) with a version policy serving both; returns the repository and intent's stable version."""
     if repo.exists():
         shutil.rmtree(repo)
     for model in MODELS:
         (repo / model).mkdir(parents=True)
+        versions = sorted(int(d.name) for d in (source / model).iterdir() if d.is_dir() and d.name.isdigit())
+        if not versions:
+            raise RuntimeError(f"{source / model} has no version (make models, or the shipped defaults)")
+        shutil.copytree(source / model / str(versions[-1]), repo / model / str(versions[-1]))
         for entry in (source / model).iterdir():
-            if entry.is_dir() and entry.name.isdigit():
-                if entry.name == "1":
-                    shutil.copytree(entry, repo / model / "1")
-            else:
+            if not entry.is_dir():
                 shutil.copy2(entry, repo / model / entry.name)
-    shutil.copytree(source / "intent" / "1", repo / "intent" / "2")
+    stable = max(int(d.name) for d in (repo / "intent").iterdir() if d.is_dir())
+    shutil.copytree(repo / "intent" / str(stable), repo / "intent" / str(stable + 1))
     config_path = repo / "intent" / "config.yaml"
     config = yaml.safe_load(config_path.read_text("utf-8"))
     config["version_policy"] = {"all": True, "latest": None, "specific": None}
     config_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), "utf-8")
-    return repo
+    return repo, stable
 
 
-def routing_text(canary_weight: float | None = None) -> str:
-    intent: dict = {"stable": "1"}
+def routing_text(stable: int, canary_weight: float | None = None) -> str:
+    """The routing file: intent `stable` serves; with a weight, `stable + 1` is its canary."""
+    intent: dict = {"stable": str(stable)}
     if canary_weight is not None:
-        intent.update(canary="2", weight=canary_weight, sticky=True)
+        intent.update(canary=str(stable + 1), weight=canary_weight, sticky=True)
     return yaml.safe_dump({"models": {"intent": intent}}, sort_keys=False)
 
 
@@ -172,11 +176,11 @@ class LoadStack:
         self.workdir = workdir
         self.worker_namespaces = list(worker_namespaces)  # each worker's network namespace, when it has one
         workdir.mkdir(parents=True, exist_ok=True)
-        self.repository = prepare_repository(source_repository, workdir / "repository")
+        self.repository, self.intent_stable = prepare_repository(source_repository, workdir / "repository")
         self.key = "load-" + secrets.token_urlsafe(18)
         self.control_token = secrets.token_urlsafe(24)
         self.routing = workdir / "routing.yaml"
-        self.routing.write_text(routing_text(), "utf-8")
+        self.routing.write_text(routing_text(self.intent_stable), "utf-8")
         keys = workdir / "api_keys.yaml"
         record = {
             "tenant": "load",

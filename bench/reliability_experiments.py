@@ -66,10 +66,10 @@ def hot_reload(stack: LoadStack, hold_s: float) -> dict:
 
 
 def canary_rollback(stack: LoadStack, hold_s: float) -> dict:
-    """Intent v2 as a 50 % canary through the routing file, rolled back to stable v1 after `hold_s`."""
-    stack.set_routing(routing_text(50))
+    """Intent's next version as a 50 % canary through the routing file, rolled back to stable after `hold_s`."""
+    stack.set_routing(routing_text(stack.intent_stable, 50))
     time.sleep(hold_s)
-    stack.set_routing(routing_text())
+    stack.set_routing(routing_text(stack.intent_stable))
     return {"canary_s": hold_s}
 
 
