@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.load_records import find_knee, flat_within, growth, summarize
 from bench.load_report import write_section
 from bench.load_run import run_load, start_load, wait_load
-from bench.load_stack import LoadStack
+from bench.load_stack import LoadStack, source_repository
 from bench.reliability import stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,9 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    p.add_argument(
+        "--repository", type=Path, default=None, help="default: model_repository/, else models/shipped/"
+    )
     p.add_argument("--replicas", type=int, default=1, help="worker replicas")
     p.add_argument("--start", type=float, default=2.0, help="first offered rate, req/s")
     p.add_argument("--factor", type=float, default=1.4, help="rate multiplier per step")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="kefu-load-"))
-    stack = LoadStack(work / "stack", args.repository.resolve(), replicas=args.replicas)
+    stack = LoadStack(work / "stack", source_repository(args.repository), replicas=args.replicas)
     started = time.time()
     try:
         print(f">> starting the stack ({args.replicas} worker replica(s); logs in {work}/stack)", flush=True)

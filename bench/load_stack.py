@@ -40,6 +40,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def source_repository(preferred: Path | None = None) -> Path:
+    """`preferred` (default: model_repository/) when it holds a version of every model, else the committed
+    defaults in models/shipped/ (a clean clone has no model_repository/ until `make run` or `make models`)."""
+    for root in (preferred or ROOT / "model_repository", ROOT / "models" / "shipped"):
+        if all(
+            (root / m).is_dir() and any(d.is_dir() and d.name.isdigit() for d in (root / m).iterdir())
+            for m in MODELS
+        ):
+            return root.resolve()
+    raise RuntimeError(f"no models in {preferred} or models/shipped: run `make models`")
+
+
 def prepare_repository(source: Path, repo: Path) -> tuple[Path, int]:
     """The serving (highest) version of every model, and intent's also as the next number (a copy, the canary
     of `canary_rollback`) with a version policy serving both; returns the repository and intent's stable version."""

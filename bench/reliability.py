@@ -35,7 +35,7 @@ from pathlib import Path
 from bench.load_records import Record, lost_writes, recovery_s, summarize
 from bench.load_report import write_section
 from bench.load_run import start_load, wait_load
-from bench.load_stack import LoadStack
+from bench.load_stack import LoadStack, source_repository
 from bench.reliability_experiments import EXPERIMENTS
 from bench.reliability_netns import Namespaces, check_tools, stack_in_namespaces
 
@@ -200,7 +200,9 @@ def in_namespaces(argv: list[str], work: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    p.add_argument(
+        "--repository", type=Path, default=None, help="default: model_repository/, else models/shipped/"
+    )
     p.add_argument("--rate", type=float, default=6.0, help="offered load, req/s")
     p.add_argument(
         "--only", default="", help=f"comma-separated experiments (default: all): {', '.join(EXPERIMENTS)}"
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_netns and "netns_cut" in names:
         names.remove("netns_cut")
     if args.inside:  # the second half of in_namespaces()
-        stack = stack_in_namespaces(args.work / "stack", args.repository.resolve(), args.inside)
+        stack = stack_in_namespaces(args.work / "stack", source_repository(args.repository), args.inside)
         rows = run_all(stack, names, args.rate, timing, args.work)
         args.result.write_text(json.dumps(rows, ensure_ascii=False), "utf-8")
         return 0
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         if args.no_netns:
-            stack = LoadStack(work / "stack", args.repository.resolve(), replicas=2)
+            stack = LoadStack(work / "stack", source_repository(args.repository), replicas=2)
             rows = run_all(stack, names, args.rate, timing, work)
         else:
             rows = in_namespaces(argv, work)

@@ -42,6 +42,13 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 INFER = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["我的快递到哪了"]}]}
 
 
+# the shipped intent model's (highest) version, and the number a new one would get
+SHIPPED = str(
+    max(int(d.name) for d in (ROOT / "models" / "shipped" / "intent").iterdir() if d.name.isdigit())
+)
+NEXT = str(int(SHIPPED) + 1)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A repository holding the shipped `intent` model (and, beside it, a folder that is not a model)."""
@@ -162,8 +169,8 @@ def test_model_names_cannot_leave_the_repository_and_errors_name_no_path(repo):
 def test_a_failed_reload_names_the_version_not_the_repository_path(repo, tmp_path):
     local = tmp_path / "repo"
     shutil.copytree(repo / "intent", local / "intent")
-    shutil.copytree(local / "intent" / "1", local / "intent" / "2")
-    (local / "intent" / "2" / "labels.txt").write_text(
+    shutil.copytree(local / "intent" / SHIPPED, local / "intent" / NEXT)
+    (local / "intent" / NEXT / "labels.txt").write_text(
         "x\n", encoding="utf-8"
     )  # no longer matches its manifest
 
@@ -172,7 +179,7 @@ def test_a_failed_reload_names_the_version_not_the_repository_path(repo, tmp_pat
             return await c.post("/v2/repository/models/intent/load", headers=AUTH)
 
     failed = run(main())
-    assert failed.status_code == 400 and "intent/2: labels.txt has sha256" in failed.json()["error"]
+    assert failed.status_code == 400 and f"intent/{NEXT}: labels.txt has sha256" in failed.json()["error"]
     assert str(tmp_path) not in failed.text
 
 
@@ -194,7 +201,7 @@ def test_docs_are_off_by_default_and_metrics_only_on_the_internal_port(repo):
     public, metrics, ready, not_there, enabled = run(main())
     assert [r.status_code for r in public] == [404, 404, 404, 404]
     assert metrics.status_code == 200
-    assert 'kefu_worker_request_success_total{model="intent",version="1"} 1.0' in metrics.text
+    assert f'kefu_worker_request_success_total{{model="intent",version="{SHIPPED}"}} 1.0' in metrics.text
     assert ready.status_code == 200 and not_there.status_code == 404  # the internal port serves no inference
     assert [r.status_code for r in enabled] == [200, 200]
 
@@ -463,4 +470,4 @@ def test_two_server_processes_serve_both_ports_and_metrics_add_up(repo, tmp_path
             proc.wait()
     assert answered == 12 and public_metrics == 404
     for text in scrapes:
-        assert 'kefu_worker_request_success_total{model="intent",version="1"} 12.0' in text
+        assert f'kefu_worker_request_success_total{{model="intent",version="{SHIPPED}"}} 12.0' in text

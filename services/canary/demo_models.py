@@ -1,6 +1,6 @@
 """The model versions of `make canary-demo`, built in a COPY of the model repository (never the source).
 
-    repo = prepare_repository(source, out / "repo")           # intent / sentiment / faq v1, intent serves all
+    repo = prepare_repository(source, out / "repo")           # serving versions; intent's is v1, serves all
     build_v2(repo, out / "train-v2", train=True)              # a retrained intent v2 (seed 7 instead of 42)
     build_v3(repo)                                             # v2 exported with its labels permuted
 
@@ -35,30 +35,44 @@ MODELS = ("intent", "sentiment", "faq")
 MODEL = "intent"
 
 
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(d.name) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit())
+
+
 def source_repository(preferred: Path) -> Path:
     """`preferred` when it holds the three default models (a `make models` result), else the committed ones."""
-    if all((preferred / m / CONFIG).is_file() and (preferred / m / "1").is_dir() for m in MODELS):
+
+    def complete(root: Path) -> bool:
+        return all((root / m / CONFIG).is_file() and _versions(root / m) for m in MODELS)
+
+    if complete(preferred):
         return preferred
     shipped = ROOT / "models" / "shipped"
-    if all((shipped / m / CONFIG).is_file() for m in MODELS):
+    if complete(shipped):
         return shipped
     raise FileNotFoundError(f"no default models in {preferred} or {shipped}: run `make models`")
 
 
 def prepare_repository(source: Path, repo: Path, out: Callable[[str], None] = print) -> Path:
-    """A fresh copy of version 1 of every model; the intent model's version policy serves all versions."""
+    """A fresh copy of the serving (highest) version of every model; intent's is numbered 1 (the demo's stable,
+    whatever number it has in `source`) and intent's version policy serves all versions."""
     if repo.exists():
         shutil.rmtree(repo)
     repo.mkdir(parents=True)
     for model in MODELS:
         (repo / model).mkdir()
+        serving = _versions(source / model)[-1]
+        number = 1 if model == MODEL else serving
+        shutil.copytree(source / model / str(serving), repo / model / str(number))
         for entry in (source / model).iterdir():
-            if entry.is_dir() and entry.name.isdigit() and entry.name != "1":
-                continue  # the demo starts from version 1 only
-            if entry.is_dir():
-                shutil.copytree(entry, repo / model / entry.name)
-            else:
+            if entry.is_file():
                 shutil.copy2(entry, repo / model / entry.name)
+        if number != serving:
+            _set_report_version(
+                repo / model / str(number), number, note=f"{source / model}/{serving} renumbered {number}"
+            )
+            write_manifest(repo / model / str(number))
+            out(f"{model}: the serving version {serving} is the demo's v{number}")
     _rebase_evaluation(repo / MODEL / "1", out)
     serve_all_versions(repo / MODEL)
     out(f"model repository copy: {repo} (from {source})")
