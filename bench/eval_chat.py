@@ -162,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="for the local stack")
     p.add_argument("--url", default=None, help="a running gateway (loopback only) instead of a local stack")
     p.add_argument("--key", default=DEMO_KEY, help="API key for --url (scope chat)")
+    p.add_argument(
+        "--internal-url",
+        default="http://127.0.0.1:9000",
+        help="with --url: that gateway's internal port (detailed /readyz: models and knowledge base)",
+    )
     p.add_argument("--data", type=Path, default=CHAT_SET, help="labelled chat set (JSONL)")
     p.add_argument("--policy", type=Path, default=None, help="policy file for the local stack's gateway")
     p.add_argument("--label", default="current", help="names the result file: eval_chat-<label>.json")
@@ -178,15 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.url:
             check_loopback(args.url)
-            url, key = args.url.rstrip("/"), args.key
+            check_loopback(args.internal_url)
+            url, key, internal_url = args.url.rstrip("/"), args.key, args.internal_url.rstrip("/")
         else:
             if args.policy is not None:  # the stack passes its environment on to the gateway
                 os.environ["KEFU_GATEWAY_POLICY_FILE"] = str(args.policy.resolve())
             print(f">> starting the local stack (logs in {workdir})", flush=True)
             stack = LocalStack(args.repository.resolve(), workdir, 1)
             stack.wait_ready(900)
-            url, key = stack.url, stack.key
-        info = httpx.get(url + "/readyz", timeout=5).json()
+            url, key, internal_url = stack.url, stack.key, stack.internal_url
+        info = httpx.get(internal_url + "/readyz", timeout=5).json()  # the public /readyz says only ready
         print(f">> {len(rows)} messages, each a fresh session, to {url}/v1/chat", flush=True)
         answers = run(url, key, rows, args.timeout)
     except (RuntimeError, ValueError, OSError, httpx.HTTPError) as e:

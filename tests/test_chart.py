@@ -225,6 +225,11 @@ def test_gateway_routes_to_the_worker_services_and_mounts_its_secrets():
     assert env["KEFU_GATEWAY_POLICY_FILE"] == "/etc/kefu/config/policy.yaml"
     assert env["KEFU_GATEWAY_REDIS_URL"] == {"secretKeyRef": {"name": "kefu-redis", "key": "redis-url"}}
     assert env["KEFU_FAQ_TOKEN"] == {"secretKeyRef": {"name": "kefu-milvus", "key": "token"}}
+    assert env["KEFU_GATEWAY_TRUSTED_PROXIES"] == "10.42.0.0/16"  # behind the ingress: X-Forwarded-For
+    cpu_only = env_of(
+        by_name("cpu-only", "Deployment", "kefu-gateway")["spec"]["template"]["spec"]["containers"][0]
+    )
+    assert "KEFU_GATEWAY_TRUSTED_PROXIES" not in cpu_only  # default: the socket peer is the client
     assert {v.get("secret", {}).get("secretName") for v in pod["volumes"]} >= {"kefu-api-keys"}
 
 

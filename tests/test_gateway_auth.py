@@ -130,6 +130,15 @@ def test_settings_hold_secrets_as_secrets(tmp_path):
     assert s.jwt_secret.get_secret_value() == SECRET
 
 
+def test_the_faq_store_token_is_a_secret_too():
+    from services.faq.settings import FaqSettings
+
+    s = FaqSettings(token="root:Milvus-Hunter2-pass")
+    shown = repr(s) + str(s) + s.model_dump_json()
+    assert "Hunter2" not in shown
+    assert s.token.get_secret_value() == "root:Milvus-Hunter2-pass"
+
+
 def test_refused_start_prints_no_part_of_the_secret(tmp_path):
     short = "Xe5Tq9Jm2Vr7Lc4Wz8Hn3B"  # refused (too short): the start fails with exit status 2
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}

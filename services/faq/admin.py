@@ -222,7 +222,7 @@ def milvus_reindexer(faq_settings: Any, embedder: Embedder, *, drop_grace_s: flo
                 s.uri,
                 s.collection_alias,
                 embedder.dim,
-                s.token or None,
+                s.token.get_secret_value() or None,
                 physical_collection=name,
                 embedder_version=embedder.version,
                 bm25={"auto": None, "on": True, "off": False}[s.bm25],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,7 +16,9 @@ class FaqSettings(BaseSettings):
         description="a .db path (embedded milvus-lite, one process), http://127.0.0.1:PORT of `milvus-lite "
         "server`, or a Milvus URI",
     )
-    token: str = Field("", description="Milvus token (user:password or API key); empty for milvus-lite")
+    token: SecretStr = Field(
+        SecretStr(""), description="Milvus token (user:password or API key); empty for milvus-lite"
+    )
     collection_alias: str = Field("faq", description="alias the store reads and writes; reindex switches it")
     embedder_dim: int = Field(128, ge=1, description="dimension of the FAQ encoder's embedding")
     embedder_version: str = Field(
@@ -61,7 +63,7 @@ class FaqSettings(BaseSettings):
             self.uri,
             self.collection_alias,
             self.embedder_dim,
-            self.token or None,
+            self.token.get_secret_value() or None,
             embedder_version=self.embedder_version,
             bm25={"auto": None, "on": True, "off": False}[self.bm25],
             jieba_words=[w.strip() for w in self.jieba_words.split(",") if w.strip()],
