@@ -187,6 +187,18 @@ def test_a_confident_faq_of_the_handoff_intents_category_answers_instead_of_hand
     assert decide(off, th, Signals(intent("投诉"), 0.1, [COMPLAINT_FAQ])).handoff_reason == "complaint"
 
 
+def test_a_complaint_answered_by_its_faq_is_not_handed_over_for_its_negative_tone():
+    th = Thresholds(0.8, 0.6, "test")
+    angry = POLICY.sentiment.negative_handoff_at  # as negative as a complaint gets
+    d = decide(POLICY, th, Signals(intent("投诉"), angry, [COMPLAINT_FAQ], text="快递员骂人 在哪投诉"))
+    assert d.action == "answer" and d.hits[0].faq_id == "faq-059"
+    # the same tone on another topic still hands over; so does a complaint the KB cannot answer
+    other = decide(POLICY, th, Signals(intent("物流查询"), angry, [hit("f1", 0.9)]))
+    assert other.handoff_reason == "negative_sentiment"
+    unanswered = decide(POLICY, th, Signals(intent("投诉"), angry, [hit("f1", 0.99)]))
+    assert unanswered.handoff_reason == "complaint"
+
+
 def test_each_sentiment_version_hands_over_at_its_own_threshold(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("sentiment:\n  negative_handoff_at: 0.99\n  negative_handoff_at_version: {'2': 0.6}\n")

@@ -5,7 +5,8 @@ The rules, first match wins:
 1. the intent is one of `intent.handoff` (e.g. 投诉 → complaint, 转人工 → requested_human) with probability at
    least `intent.handoff_min_confidence`                                    → handoff, reason from the table
    — unless `intent.answer_handoff_faqs` and the best FAQ is an answer (rule 3) of that very category
-     (the knowledge base answers "在哪投诉快递员": the customer gets that answer, not a queue)
+     (the knowledge base answers "在哪投诉快递员": the customer gets that answer, not a queue, and rule 2 does
+     not overrule it: a question about how to complain reads negative by nature)
 2. P(negative sentiment) >= the sentiment threshold of the version that answered
    (`sentiment.negative_handoff_at_version`, else `sentiment.negative_handoff_at`) → handoff, negative_sentiment
 3. the best FAQ's score >= the answer threshold                            → answer with that FAQ
@@ -199,6 +200,9 @@ def decide(policy: Policy, thresholds: Thresholds, s: Signals) -> Decision:
         )
         if reason and not answered:
             return _handoff(policy, reason, best)
+        if reason and answered:  # a complaint reads negative by nature: its answer is not overruled by rule 2
+            reply = t.answer.format(answer=answer.answer, question=answer.question)
+            return Decision("answer", reply, hits=[answer], score=best)
     if s.negative is not None and s.negative >= policy.sentiment.threshold(s.sentiment_version):
         return _handoff(policy, "negative_sentiment", best)
     if answer is not None:
