@@ -8,6 +8,7 @@ quality (the demo knowledge base's own questions are the only answers relied on)
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -166,6 +167,56 @@ def test_errors_and_metrics_over_the_wire(stack):
         f"127.0.0.1:{stack['internal']}/metrics" in out
         and f"127.0.0.1:{stack['worker_internal']}/metrics" in out
     )
+
+
+def child_running(stack_pid: int, marker: str) -> int:
+    """The pid of the stack's direct child whose command line holds `marker`."""
+    for pid in [p for p, parent in parents().items() if parent == stack_pid]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline and not zombie(pid):
+            return pid
+    raise AssertionError(f"no child running {marker!r}")
+
+
+def wait_for(predicate, timeout_s: float, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    return predicate()
+
+
+def test_a_killed_faq_store_is_restarted_while_the_gateway_keeps_answering(stack):
+    """Issue 14 item 4: the loss of a child (here the milvus-lite server, SIGKILL) no longer stops the stack:
+    the gateway answers meanwhile (degraded), the store is restarted on the same port and data, the console
+    says so, and the knowledge base serves again."""
+    url, proc, out_file = stack["url"], stack["proc"], stack["data"] / "stack.out"
+    store = child_running(proc.pid, "milvus-lite server")
+    os.kill(store, signal.SIGKILL)
+    r = chat(
+        url, "下单后多久发货？", session="it-store-down"
+    )  # at once: the store is gone, the gateway is not
+    assert r.status_code == 200, r.text
+    assert r.json()["action"] in {"answer", "suggest", "clarify", "handoff"}
+    line = ">> faq-store exited (code -9); restarting in 1 s (attempt 2)"
+    assert wait_for(lambda: line in out_file.read_text("utf-8"), 30), out_file.read_text("utf-8")[-2000:]
+    assert proc.poll() is None
+    assert wait_for(lambda: ">> faq-store back after" in out_file.read_text("utf-8"), 60)
+    assert child_running(proc.pid, "milvus-lite server") != store
+
+    def answered() -> dict | None:
+        body = chat(url, "下单后多久发货？", session="it-store-back").json()
+        return body if body.get("degraded") == [] else None
+
+    body = wait_for(answered, 60, every_s=0.5)  # the store client reconnects, the breaker half-opens
+    assert body and body["faq_hits"] and body["faq_hits"][0]["faq_id"] == "faq-001", body
+    internal = f"http://127.0.0.1:{stack['internal']}/readyz"
+    assert wait_for(lambda: httpx.get(internal, timeout=5).json().get("status") == "ready", 30)
 
 
 def test_ctrl_c_stops_every_process(stack):

@@ -14,7 +14,12 @@
 Ctrl-C (SIGINT) or SIGTERM stops the gateway, the FAQ store, then the worker: SIGTERM to each (the worker closes its engine
 processes itself), then SIGKILL after `--stop-timeout` seconds to whatever is left of its process group (each
 child runs in a process group of its own, so nothing it started outlives it).
-If any child dies, the others are stopped too and the launcher exits non-zero. Only loopback by default.
+A child that dies once the stack is up is restarted (`services/gateway/supervisor.py`): after
+`--restart-backoff` s, doubling per crash up to `--restart-backoff-max`, while the others keep serving (the
+gateway answers degraded: without the store `faq_down`, without the worker 503 `upstreams_unavailable`); the
+console says which child exited, with its code, when it restarts and when it is back. More than
+`--max-restarts` crashes of one child within `--restart-window` s stop the stack with exit code 1, as does a
+child that exits before it was first ready. Only loopback by default.
 """
 
 from __future__ import annotations
@@ -23,24 +28,19 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 
+from services.gateway.supervisor import GUARD, Backoff, Service, StackError, supervise, wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_KB = ROOT / "data" / "faq_kb_demo" / "faq.jsonl"
 DEMO_KEY = "kefu-demo-key-change-me"
 MODELS = ("intent", "sentiment", "faq")
-
-
-class StackError(RuntimeError):
-    pass
 
 
 def port_free(host: str, port: int) -> bool:
@@ -72,77 +72,17 @@ def port_open(host: str, port: int):
     return check
 
 
-class Child:
-    """One child in its own process group (so its own children stop with it)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path | None):
-        self.name = name
-        self.log = log
-        out = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop()
-        self._out = out
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout_s: float) -> None:
-        if self.alive():  # the leader shuts its own children down (the worker closes its engine processes)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                print(f"   {self.name} did not stop in {timeout_s:.0f} s: SIGKILL", flush=True)
-        try:  # whatever is left of the group (engine processes of a worker killed mid-way)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-        if self._out:
-            self._out.close()
-
-
-def wait_until(name: str, check, child: Child, timeout_s: float, every_s: float = 5.0) -> dict:
-    """Polls `check()` (a dict when ready, else None) with progress output; fails when the child exits."""
-    started = time.monotonic()
-    last = started
-    while True:
-        if not child.alive():
-            hint = f" (see {child.log})" if child.log else ""
-            raise StackError(f"{name} exited with code {child.proc.returncode} before it was ready{hint}")
-        try:
-            result = check()
-        except httpx.HTTPError:
-            result = None
-        if result is not None:
-            print(f">> {name} ready after {time.monotonic() - started:.0f} s", flush=True)
-            return result
-        now = time.monotonic()
-        if now - started > timeout_s:
-            raise StackError(f"{name} not ready after {timeout_s:.0f} s")
-        if now - last >= every_s:
-            print(f"   ... waiting for {name} ({now - started:.0f} s)", flush=True)
-            last = now
-        time.sleep(0.5)
-
-
-def worker_ready(url: str):
+def worker_ready(url: str, timeout_s: float = 2.0):
     def check():
-        r = httpx.get(f"{url}/v2/health/ready", timeout=2)
+        r = httpx.get(f"{url}/v2/health/ready", timeout=timeout_s)
         return {"ok": True} if r.status_code == 200 else None
 
     return check
 
 
-def gateway_ready(url: str):
+def gateway_ready(url: str, timeout_s: float = 5.0):
     def check():
-        r = httpx.get(f"{url}/readyz", timeout=5)
+        r = httpx.get(f"{url}/readyz", timeout=timeout_s)
         body = r.json()
         return body if body.get("status") == "ready" else None
 
@@ -212,6 +152,20 @@ def main(argv: list[str] | None = None) -> int:
         "--ready-timeout", type=float, default=600, help="seconds each server may take to be ready"
     )
     p.add_argument("--stop-timeout", type=float, default=15, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument(
+        "--restart-backoff",
+        type=float,
+        default=1.0,
+        help="seconds before restarting a crashed child (doubles)",
+    )
+    p.add_argument("--restart-backoff-max", type=float, default=30.0, help="cap of the restart delay (s)")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="restarts of one child within --restart-window; then give up",
+    )
+    p.add_argument("--restart-window", type=float, default=300.0, help="seconds over which crashes count")
     p.add_argument("--quiet", action="store_true", help="children's output to <data-dir>/*.log, not here")
     p.add_argument(
         "--extra-env", action="append", default=[], help="NAME=VALUE for both children (repeatable)"
@@ -254,53 +208,60 @@ def main(argv: list[str] | None = None) -> int:
         "KEFU_GATEWAY_FAQ_SEED_FILE": str(args.kb.resolve()),
     }
     log = (lambda name: data / f"{name}.log") if args.quiet else (lambda name: None)
-    children: list[Child] = []
-    stopping = False
 
-    def stop(signum=None, frame=None):
-        nonlocal stopping
-        if stopping:
+    def backoff() -> Backoff:
+        return Backoff(
+            args.restart_backoff, args.restart_backoff_max, args.max_restarts + 1, args.restart_window
+        )
+
+    worker_argv = [sys.executable, "-m", "services.worker", "--repository", str(repo), "--host", args.host]
+    worker_argv += ["--port", str(args.worker_port), "--processes", str(args.worker_processes)]
+    worker_argv += ["--internal-port", str(worker_internal_port)]
+    if args.backend:
+        worker_argv += ["--backend", args.backend]
+    # after a restart the supervision loop asks readiness with short timeouts (it watches the others meanwhile)
+    worker = Service("worker", worker_argv, env, log("worker"), worker_ready(worker_url, 1.0), backoff())
+    services = [worker]
+    if lite_server:
+        lite_argv = [str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir"]
+        lite_argv += [str(data / "milvus"), "--host", args.host, "--port", str(lite_port)]
+        services.append(
+            Service("faq-store", lite_argv, env, log("faq-store"), port_open(args.host, lite_port), backoff())
+        )
+    gateway_argv = [sys.executable, "-m", "services.gateway"]
+    gateway = Service(
+        "gateway", gateway_argv, gateway_env, log("gateway"), gateway_ready(gateway_internal, 1.0), backoff()
+    )
+    services.append(gateway)
+    started: list[Service] = []
+
+    def stop() -> None:
+        if GUARD.stopping:
             return
-        stopping = True
-        print("\n>> stopping: " + ", then ".join(c.name for c in reversed(children)), flush=True)
-        for child in reversed(children):
-            child.stop(args.stop_timeout)
+        GUARD.stopping = True  # from here on, signals are ignored: a second Ctrl-C must not cut this short
+        print("\n>> stopping: " + ", then ".join(s.name for s in reversed(started)), flush=True)
+        for service in reversed(started):
+            service.stop(args.stop_timeout)
         print(">> stopped", flush=True)
 
-    def on_signal(signum, frame):
-        if not stopping:  # a second Ctrl-C while stopping must not cut the clean-up short
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    GUARD.install()
     try:
-        worker_argv = [
-            sys.executable,
-            "-m",
-            "services.worker",
-            "--repository",
-            str(repo),
-            "--host",
-            args.host,
-        ]
-        worker_argv += ["--port", str(args.worker_port), "--processes", str(args.worker_processes)]
-        worker_argv += ["--internal-port", str(worker_internal_port)]
-        if args.backend:
-            worker_argv += ["--backend", args.backend]
         print(f">> starting the worker on {worker_url} (loads and warms intent, sentiment, faq)", flush=True)
-        children.append(Child("worker", worker_argv, env, log("worker")))
-        wait_until("worker", worker_ready(worker_url), children[-1], args.ready_timeout)
+        worker.start()
+        started.append(worker)
+        wait_until(worker, args.ready_timeout)
         if lite_server:
-            lite_argv = [str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir"]
-            lite_argv += [str(data / "milvus"), "--host", args.host, "--port", str(lite_port)]
             print(f">> starting the FAQ store: milvus-lite server on {env['KEFU_FAQ_URI']}", flush=True)
-            children.append(Child("faq-store", lite_argv, env, log("faq-store")))
-            wait_until("faq-store", port_open(args.host, lite_port), children[-1], args.ready_timeout)
+            services[1].start()
+            started.append(services[1])
+            wait_until(services[1], args.ready_timeout)
         print(f">> starting the gateway on {gateway_url} (FAQ store {env['KEFU_FAQ_URI']})", flush=True)
-        children.append(
-            Child("gateway", [sys.executable, "-m", "services.gateway"], gateway_env, log("gateway"))
+        gateway.start()
+        started.append(gateway)
+        first = Service(
+            gateway.name, [], {}, gateway.log, gateway_ready(gateway_internal), child=gateway.child
         )
-        ready = wait_until("gateway", gateway_ready(gateway_internal), children[-1], args.ready_timeout)
+        ready = wait_until(first, args.ready_timeout)
         kb = ready["knowledge_base"]
         lite = f" (milvus-lite server, data {data}/milvus)" if lite_server else ""
         lines = [
@@ -310,14 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  FAQ store {env['KEFU_FAQ_URI']}{lite}  (encoder {kb['encoder']}, thresholds {kb['thresholds']})",
             *access_lines(gateway_env, gateway_url),
             "",
-            "Ctrl-C stops everything.",
+            f"A crashed part is restarted (backoff {args.restart_backoff:g} s doubling to {args.restart_backoff_max:g} s, "
+            f"at most {args.max_restarts} restarts in {args.restart_window:g} s). Ctrl-C stops everything.",
         ]
         print("\n".join(lines), flush=True)
-        while all(c.alive() for c in children):
-            time.sleep(0.5)
-        dead = next(c for c in children if not c.alive())
-        print(f"error: the {dead.name} exited with code {dead.proc.returncode}", file=sys.stderr)
-        return 1
+        return supervise(started, args.stop_timeout)
     except KeyboardInterrupt:
         return 0
     except StackError as e:
