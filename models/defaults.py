@@ -62,17 +62,31 @@ DEFAULTS = [
 
 
 def calibrate_faq(model_dir: Path) -> dict:
-    """Answer / suggest thresholds of the new encoder version on the demo KB's held-out queries."""
+    """The new encoder version's answer confidence and thresholds, as `make faq-thresholds` fits them: the demo
+    KB's alternatives (folds left out, a real milvus-lite index) + held-out queries, with the served intent model
+    beside it (the intent-agreement features), thresholds chosen on the labelled chat set (data/chat_eval)."""
+    import tempfile
     from dataclasses import asdict
 
     from models.evaluate import open_version
     from services.faq.embedders import LocalEmbedder
-    from services.faq.thresholds import calibrate, write
+    from services.faq.thresholds import calibrate, local_classifier, milvus_lite_store, write
 
     version = open_version(model_dir)
-    thresholds = calibrate(
-        LocalEmbedder(version), DATA / "faq_kb_demo" / "faq.jsonl", DATA / "faq_kb_demo" / "queries_dev.jsonl"
-    )
+    classify, intent_model = None, None
+    if (model_dir.parent / "intent" / "config.yaml").is_file():
+        intent = open_version(model_dir.parent / "intent")
+        classify, intent_model = local_classifier(intent), f"{intent.name}-v{intent.version}"
+    with tempfile.TemporaryDirectory(prefix="kefu-thresholds-") as tmp:
+        thresholds = calibrate(
+            LocalEmbedder(version),
+            DATA / "faq_kb_demo" / "faq.jsonl",
+            DATA / "faq_kb_demo" / "queries_dev.jsonl",
+            classify=classify,
+            intent_model=intent_model,
+            open_store=milvus_lite_store(Path(tmp)),
+            tune_path=DATA / "chat_eval" / "chat_dev.jsonl",
+        )
     write(version.model_dir, version.version, thresholds)
     return {"faq_thresholds": asdict(thresholds)}
 
