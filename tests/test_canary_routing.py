@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +21,7 @@ from services.canary.routing import (
     bucket,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 SESSIONS = [f"session-{i}" for i in range(20_000)]
 
 
@@ -31,11 +37,39 @@ def test_same_session_same_version_every_time():
         assert all(t.decide("intent", s).version == first.version for _ in range(5))
 
 
+# Buckets computed once (blake2b of "model\0session", 8 bytes, mod 10 000) and committed: a session must land in
+# the same bucket on every process, host and release, or a rollout moves users between versions mid-conversation.
+PINNED_BUCKETS = {
+    ("intent", "abc"): 3337,
+    ("intent", "session-0"): 7816,
+    ("intent", "session-1"): 9754,
+    ("intent", ""): 2603,
+    ("sentiment", "abc"): 9142,
+    ("faq", "会话-7"): 4004,
+}
+
+
 def test_bucket_is_stable_across_processes_and_models():
-    # blake2b, not Python's salted hash(): these values must never change between runs or hosts
-    assert bucket("intent", "abc") == bucket("intent", "abc")
-    assert 0 <= bucket("intent", "abc") < BUCKETS
+    assert {key: bucket(*key) for key in PINNED_BUCKETS} == PINNED_BUCKETS
+    assert all(0 <= b < BUCKETS for b in PINNED_BUCKETS.values())
     assert [bucket("intent", s) for s in SESSIONS[:50]] != [bucket("sentiment", s) for s in SESSIONS[:50]]
+    # another interpreter with a different hash seed (Python's own hash() would change here) agrees
+    code = (
+        "import json, sys\n"
+        "from services.canary.routing import bucket\n"
+        "print(json.dumps([bucket(m, s) for m, s in json.loads(sys.argv[1])]))"
+    )
+    keys = list(PINNED_BUCKETS)
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(keys)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert json.loads(out) == list(PINNED_BUCKETS.values()), f"PYTHONHASHSEED={seed}"
 
 
 def test_weight_growth_is_monotone_and_moves_only_the_needed_share():
