@@ -58,10 +58,12 @@ def make_gw(tmp_path):
     """Start a gateway whose intent / faq workers serve versions 1 and 2, with the given routing."""
     started: list[TestClient] = []
 
-    def make(routing_models: dict, **overrides) -> tuple[Gateway, VersionFaults, Path]:
+    def make(routing_models: dict, wrap=None, **overrides) -> tuple[Gateway, VersionFaults, Path]:
         path = routing(tmp_path / "routing.yaml", **routing_models)
         options = {"routing_file": path, "routing_poll_s": 0.05, "cache_enabled": False, **overrides}
         app, fake, registry = _build(tmp_path, options)
+        if wrap is not None:  # before start: the gateway reads the workers' metadata when it starts
+            app.state.transport_faults.handler = wrap(app.state.transport_faults.handler)
         client = TestClient(app)
         client.__enter__()
         started.append(client)
@@ -265,13 +267,69 @@ def test_encoder_canary_is_shadow_only_and_compares_top_faq(make_gw):
     )
 
 
+def reversed_labels_in(versions: set[str]):
+    """A handler wrapper: the fake workers' versions in `versions` list their labels in reverse order (metadata
+    and probs alike), the model-level metadata describes the latest version, as a real worker's does, and
+    answers carry `probs` only (no `label` output), so the gateway names every class from the label order of
+    the version that answered."""
+    import json
+
+    from tests.gateway_fakes import INTENTS, SENTIMENTS
+
+    def labels(model: str, version: str) -> list[str]:
+        base = INTENTS if model == "intent" else SENTIMENTS
+        return base[::-1] if version in versions else base
+
+    def wrap(handler):
+        def handle(request: httpx.Request) -> httpx.Response:
+            response = handler(request)
+            parts = request.url.path.strip("/").split("/")  # v2 models m [versions v] [infer|ready]
+            model, kind = parts[2], parts[-1]
+            if response.status_code != 200 or model == "faq" or kind == "ready":
+                return response
+            body = response.json()
+            if kind == "infer":
+                version = body["model_version"]
+                out = next(o for o in body["outputs"] if o["name"] == "probs")
+                n, width = out["shape"]
+                rows = [out["data"][i * width : (i + 1) * width] for i in range(n)]
+                if version in versions:
+                    rows = [row[::-1] for row in rows]
+                out["data"] = [x for row in rows for x in row]
+                body["outputs"] = [out]
+            else:
+                version = parts[4] if len(parts) == 5 else max(body["versions"], key=int)
+                body["parameters"]["labels"] = labels(model, version)
+            return httpx.Response(200, content=json.dumps(body).encode())
+
+        return handle
+
+    return wrap
+
+
 def test_versions_with_different_label_orders_are_labelled_by_their_own(make_gw):
     """A worker serving two versions whose labels.txt differ: each answer is named by its own version."""
-    gw, _, _ = make_gw({"intent": {"stable": 1, "canary": 2, "weight": 100}})
-    gw.fake.override[("intent", "2")] = "投诉"
-    r = gw.chat("我的快递到哪了", session_id="lab-1")
-    assert r.json()["intent"]["label"] == "投诉" and r.json()["model_versions"]["intent"] == "2"
-    assert gw.app.state.orchestrator.models.version_labels[("intent", "2")][0] == "物流查询"
+    split = {"stable": 1, "canary": 2, "weight": 50}
+    gw, _, _ = make_gw({"intent": split, "sentiment": split}, wrap=reversed_labels_in({"2"}))
+    served_by = {}
+    for i in range(40):
+        session = f"lab-{i}"
+        r = gw.chat("快递太差了", session_id=session)  # the fakes: 物流查询 0.88, negative 0.99
+        assert r.status_code == 200, r.text
+        body = r.json()
+        versions = body["model_versions"]
+        expected = "2" if bucket("sentiment", sticky_id("demo", session)) < 5000 else "1"
+        assert versions["sentiment"] == expected
+        assert body["intent"] == {"label": "物流查询", "confidence": 0.88}, versions
+        assert body["sentiment"]["label"] == "negative", versions
+        assert body["sentiment"]["negative"] == pytest.approx(0.99), versions
+        served_by.setdefault(versions["intent"], set()).add(versions["sentiment"])
+    assert set(served_by) == {"1", "2"}, "both intent versions answered"
+    assert set().union(*served_by.values()) == {"1", "2"}, "both sentiment versions answered"
+    known = gw.app.state.orchestrator.models.version_labels
+    assert known[("intent", "1")][0] == "物流查询" and known[("intent", "2")][0] == "其他/闲聊"
+    assert known[("sentiment", "1")] == ["negative", "positive"]
+    assert known[("sentiment", "2")] == ["positive", "negative"]
 
 
 def test_invalid_routing_file_fails_the_start_naming_the_problem(tmp_path):
