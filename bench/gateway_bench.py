@@ -2,11 +2,21 @@
 
     python -m bench.gateway_bench --repository model_repository            # starts its own local stack
     python -m bench.gateway_bench --url http://127.0.0.1:8000 --key KEY     # a stack already running
+    python -m bench.gateway_bench --driver python                           # the asyncio client instead of wrk
 
 The stack it starts is `python -m services.gateway.stack` (worker + milvus-lite + gateway) on free loopback
 ports, with the response cache off (`KEFU_GATEWAY_CACHE_ENABLED=false`, so every request does the real work:
 three model calls and a knowledge-base search) and a throw-away API key without a practical rate limit. Against
 `--url` the caller's key and cache settings apply (the demo key is limited to 20 requests/s).
+
+Load generator (`--driver`): `wrk` (the default when it is installed: C, a few % of one core) with a Lua
+script that walks the messages, or `python` (httpx closed loop, which on 2 cores takes CPU from the servers it
+measures). Both report throughput = successful answers / measured seconds and p50 / p99 of the answers.
+
+Per-process CPU per chat (local stack only): the CPU seconds (user + system, `psutil`) each process of the
+stack used during the measured window, divided by the chats answered in it: `gateway`, `worker` (its HTTP
+server processes), `engines` (the worker's engine processes), `faq_store` (milvus-lite server), and the
+load generator (`loadgen`). Reported per level as `cpu_ms_per_chat`.
 
 Messages: the 224 demo knowledge-base queries (`data/faq_kb_demo/queries_dev.jsonl`) and the intent demo dev
 texts (`data/intent_cs_demo/dev.jsonl`), shuffled once (seed 0), each sent in a session of its own client.
@@ -31,6 +41,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +53,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import yaml
 
 from bench.loadgen import check_loopback
@@ -142,6 +154,142 @@ async def closed_loop(
     }
 
 
+WRK_SCRIPT = """
+local bodies = {%s}
+local cursor = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = "%s"
+function setup(thread)
+  thread:set("offset", math.random(1, #bodies))
+end
+request = function()
+  if cursor == 0 then cursor = offset end
+  cursor = cursor %% #bodies + 1
+  return wrk.format(nil, "/v1/chat", nil, bodies[cursor])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK {\\"completed\\": %%d, \\"duration_us\\": %%d, \\"connect\\": %%d, \\"read\\": %%d, \\"write\\": %%d, " ..
+    "\\"status\\": %%d, \\"timeout\\": %%d, \\"p50_us\\": %%d, \\"p99_us\\": %%d}\\n",
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk_script(texts: list[str], key: str) -> str:
+    """A Lua script for wrk: POST /v1/chat walking the messages (each in its own session), JSON on done()."""
+    bodies = [
+        json.dumps({"session_id": f"bench-{i}", "text": t})  # ASCII (\\u escapes): safe in a Lua long string
+        for i, t in enumerate(texts)
+    ]
+    return WRK_SCRIPT % (", ".join(f"[==[{b}]==]" for b in bodies), key)
+
+
+def run_wrk(url: str, script: Path, concurrency: int, duration_s: float, timeout_s: float) -> dict:
+    """One wrk run; returns its done() summary."""
+    threads = max(1, min(2, concurrency))
+    argv = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration_s:g}s"]
+    argv += ["--timeout", f"{timeout_s:g}s", "-s", str(script), url]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("WRK ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout[-500:]}")
+    return json.loads(line[4:])
+
+
+def wrk_level(url: str, key: str, texts: list[str], concurrency: int, args, sampler) -> dict:
+    """Warm-up run (not counted), then the measured run with the stack's CPU sampled around it."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False, encoding="utf-8") as f:
+        f.write(wrk_script(texts, key))
+    script = Path(f.name)
+    try:
+        if args.warmup > 0:
+            run_wrk(url, script, concurrency, args.warmup, args.timeout)
+        before = sampler()
+        summary = run_wrk(url, script, concurrency, args.duration, args.timeout)
+        after = sampler()
+    finally:
+        script.unlink(missing_ok=True)
+    errors = sum(summary[k] for k in ("connect", "read", "write", "status", "timeout"))
+    answered = summary["completed"] - summary["status"]
+    seconds = summary["duration_us"] / 1e6
+    row = {
+        "concurrency": concurrency,
+        "driver": "wrk",
+        "throughput_rps": round(answered / seconds, 2),
+        "p50_ms": round(summary["p50_us"] / 1000, 2),
+        "p99_ms": round(summary["p99_us"] / 1000, 2),
+        "errors": errors,
+        "requests": summary["completed"],
+        "statuses": {"non_2xx": summary["status"], "timeout": summary["timeout"]},
+        "server_timing_ms": {},
+    }
+    return row | cpu_per_chat(before, after, answered)
+
+
+def stack_processes(root_pid: int) -> dict[str, list[psutil.Process]]:
+    """The stack's processes by part: gateway, worker (HTTP servers), engines (their children), faq_store."""
+    parts: dict[str, list[psutil.Process]] = defaultdict(list)
+    try:
+        root = psutil.Process(root_pid)
+        children = root.children(recursive=True)
+    except psutil.Error:
+        return parts
+    for proc in children:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "milvus" in cmd:
+            parts["faq_store"].append(proc)
+        elif "services.worker" in cmd:
+            parts["worker"].append(proc)
+            parts["engines"].extend(c for c in proc.children(recursive=True) if c not in parts["worker"])
+        elif "services.gateway" in cmd:
+            parts["gateway"].append(proc)
+    workers = {p.pid for p in parts["worker"]}
+    parts["engines"] = [p for p in {p.pid: p for p in parts["engines"]}.values() if p.pid not in workers]
+    return parts
+
+
+def cpu_sampler(parts: dict[str, list[psutil.Process]], loadgen: str = "wrk"):
+    """A function returning {part: CPU seconds so far} for the stack's parts and the load generator."""
+
+    def seconds(procs: list[psutil.Process]) -> float:
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                pass
+        return total
+
+    def sample() -> dict[str, float]:
+        out = {name: seconds(procs) for name, procs in parts.items()}
+        if loadgen == "python":
+            out["loadgen"] = seconds([psutil.Process()])
+        else:  # wrk children of this process have exited: their CPU is in our children_* times
+            t = psutil.Process().cpu_times()
+            out["loadgen"] = t.children_user + t.children_system
+        return out
+
+    return sample
+
+
+def cpu_per_chat(before: dict[str, float], after: dict[str, float], answered: int) -> dict:
+    if not before or not answered:
+        return {}
+    used = {k: after.get(k, 0.0) - v for k, v in before.items()}
+    return {
+        "cpu_ms_per_chat": {k: round(v * 1000 / answered, 2) for k, v in used.items()},
+        "cpu_s": {k: round(v, 2) for k, v in used.items()},  # CPU seconds in the window
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
     p.add_argument("--worker-processes", type=int, default=1, help="worker server processes (local stack)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument(
+        "--driver",
+        choices=("wrk", "python"),
+        default="wrk" if shutil.which("wrk") else "python",
+        help="load generator (default: wrk when installed)",
+    )
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     texts = messages()
@@ -253,7 +407,14 @@ def main(argv: list[str] | None = None) -> int:
                 f">> c={c}: {args.warmup:g} s warm-up + {args.duration:g} s measured on {url}/v1/chat",
                 flush=True,
             )
-            row = asyncio.run(closed_loop(url, key, texts, c, args.duration, args.warmup, args.timeout))
+            parts = stack_processes(stack.proc.pid) if stack is not None else {}
+            sampler = cpu_sampler(parts, args.driver) if parts else dict
+            if args.driver == "wrk":
+                row = wrk_level(url, key, texts, c, args, sampler)
+            else:
+                before = sampler()
+                row = asyncio.run(closed_loop(url, key, texts, c, args.duration, args.warmup, args.timeout))
+                row |= cpu_per_chat(before, sampler(), round(row["throughput_rps"] * args.duration))
             rows.append(row)
             st = row["server_timing_ms"]
             where = ", ".join(f"{k} {v:.1f}" for k, v in st.items())
@@ -262,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"errors {row['errors']}  | mean ms: {where}",
                 flush=True,
             )
+            if "cpu_ms_per_chat" in row:
+                per = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_chat"].items())
+                print(f"         CPU ms per chat: {per}", flush=True)
     except (RuntimeError, ValueError, OSError, httpx.HTTPError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -273,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "benchmark": "gateway /v1/chat closed loop",
         "target": args.url or "local stack (cache off)",
+        "driver": args.driver,
         "messages": len(texts),
         "duration_s": args.duration,
         "warmup_s": args.warmup,

@@ -5,6 +5,10 @@
     GET  /v2/models/{name}[/versions/{v}]          model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready    model readiness
     POST /v2/models/{name}[/versions/{v}]/infer    inference: one BYTES input of UTF-8 texts
+    POST /v2/multi/infer                           the same input for several models (extension
+                                                   `multi_model_infer`): one request per chat turn, the
+                                                   texts tokenised once per vocabulary; each model answers
+                                                   or fails on its own (`results`, in request order)
     POST /v2/repository/index                      models in the repository and their state
     POST /v2/repository/models/{name}/load|unload  hot (re)load per version policy | unload: 403 unless
                                                    model_control_mode=explicit, then a bearer token (401)
@@ -48,14 +52,17 @@ from services.worker.errors import (
     Unauthenticated,
     WorkerError,
 )
-from services.worker.manager import ModelManager, ServedVersion
+from services.worker.manager import ModelManager, ServedVersion, infer_shared
 from services.worker.metrics import WorkerMetrics
 from services.worker.protocol import (
     InferenceRequest,
     InferenceResponse,
     LiveResponse,
     MetadataTensor,
+    ModelFailure,
     ModelMetadataResponse,
+    MultiInferenceRequest,
+    MultiInferenceResponse,
     ReadyResponse,
     ResponseOutput,
     ServerMetadataResponse,
@@ -78,10 +85,15 @@ STATUS = {
     DeadlineExceeded: 504,
 }
 INPUT_NAME = "text"
+EXTENSIONS = ["model_repository", "multi_model_infer"]
+
+
+def status_of(error: WorkerError) -> int:
+    return next((code for cls, code in STATUS.items() if isinstance(error, cls)), 500)
 
 
 def error_response(error: WorkerError) -> JSONResponse:
-    status = next((code for cls, code in STATUS.items() if isinstance(error, cls)), 500)
+    status = status_of(error)
     headers = {}
     if retry := getattr(error, "retry_after_s", None):
         headers["Retry-After"] = str(retry)
@@ -114,6 +126,17 @@ def parse_texts(body: bytes, served: ServedVersion) -> tuple[InferenceRequest, l
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as e:
         raise InvalidInput(_describe_validation(e)) from None
+    data = input_texts(request)
+    check_batch(data, served)
+    available = [t.name for t in public_outputs(served)]
+    wanted = [o.name for o in request.outputs] if request.outputs else available
+    if unknown := [n for n in wanted if n not in available]:
+        raise InvalidInput(f"outputs: unknown output(s) {unknown}; this model has {available}")
+    return request, data, wanted
+
+
+def input_texts(request: InferenceRequest | MultiInferenceRequest) -> list[str]:
+    """The request's texts: exactly one BYTES input named `text`, shape [N] or [N, 1], non-empty strings."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
         names = [i.name for i in request.inputs]
         raise InvalidInput(f"inputs: expected exactly one input named {INPUT_NAME!r}, got {names}")
@@ -131,10 +154,6 @@ def parse_texts(body: bytes, served: ServedVersion) -> tuple[InferenceRequest, l
         )
     if not data:
         raise InvalidInput(f"inputs[0] ({INPUT_NAME!r}): no texts")
-    if len(data) > served.max_batch_size:
-        raise BatchTooLarge(
-            f"inputs[0] ({INPUT_NAME!r}): {len(data)} texts exceed max_batch_size {served.max_batch_size}"
-        )
     for i, text in enumerate(data):
         if not isinstance(text, str):
             raise InvalidInput(
@@ -142,15 +161,21 @@ def parse_texts(body: bytes, served: ServedVersion) -> tuple[InferenceRequest, l
             )
         if not text.strip():
             raise InvalidInput(f"inputs[0] ({INPUT_NAME!r}): data[{i}] is empty")
-    available = [t.name for t in public_outputs(served)]
-    wanted = [o.name for o in request.outputs] if request.outputs else available
-    if unknown := [n for n in wanted if n not in available]:
-        raise InvalidInput(f"outputs: unknown output(s) {unknown}; this model has {available}")
-    return request, data, wanted
+    return data
+
+
+def check_batch(data: list[str], served: ServedVersion) -> None:
+    if len(data) > served.max_batch_size:
+        raise BatchTooLarge(
+            f"inputs[0] ({INPUT_NAME!r}): {len(data)} texts exceed max_batch_size {served.max_batch_size}"
+        )
 
 
 def build_response(
-    served: ServedVersion, request: InferenceRequest, rows: list[dict], wanted: list[str]
+    served: ServedVersion,
+    request: InferenceRequest | MultiInferenceRequest,
+    rows: list[dict],
+    wanted: list[str],
 ) -> dict:
     outputs = []
     n = len(rows)
@@ -166,6 +191,13 @@ def build_response(
         model_name=served.name, model_version=str(served.number), id=request.id, outputs=outputs
     )
     return response.model_dump(exclude_none=True)
+
+
+def _failure(name: str, version: str | None, error: WorkerError) -> dict:
+    failure = ModelFailure(
+        model_name=name, model_version=version, status=status_of(error), error=error.message
+    )
+    return failure.model_dump(exclude_none=True)
 
 
 def _version(raw: str | None) -> int | None:
@@ -231,7 +263,7 @@ def create_app(
 
     @app.get("/v2", response_model=ServerMetadataResponse)
     async def server_metadata():
-        return ServerMetadataResponse(name="kefu-worker", version="1.0", extensions=["model_repository"])
+        return ServerMetadataResponse(name="kefu-worker", version="1.0", extensions=EXTENSIONS)
 
     _health_routes(app, manager)
 
@@ -285,6 +317,52 @@ def create_app(
             inflight.dec()
         metrics.success.labels(*labels).inc()
         metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+        return Response(json.dumps(payload, ensure_ascii=False), media_type="application/json")
+
+    @app.post("/v2/multi/infer", response_model=MultiInferenceResponse)
+    async def infer_multi(request: Request):
+        """The same texts through several models (one chat turn: intent, sentiment, the FAQ encoder). The body
+        is checked as one (400 for the request's own faults); then each model answers or fails on its own,
+        with the status its infer endpoint would give (`ModelFailure`), so one model down costs only its part."""
+        started = time.perf_counter()
+        body = await request.body()
+        try:
+            req = MultiInferenceRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise InvalidInput(_describe_validation(e)) from None
+        texts = input_texts(req)
+        refs = [(m.name, m.version) for m in req.models]
+        if len(set(refs)) != len(refs):
+            raise InvalidInput(f"models: each model and version at most once, got {refs}")
+        results: list[dict | None] = [None] * len(refs)
+        targets: list[tuple[int, ServedVersion]] = []
+        for i, (name, version) in enumerate(refs):
+            try:
+                served = manager.get(name, _version(version))
+                check_batch(texts, served)
+                targets.append((i, served))
+            except WorkerError as e:
+                results[i] = _failure(name, version, e)
+        for served in {id(s): s for _, s in targets}.values():
+            metrics.inflight.labels(served.name, str(served.number)).inc()
+        try:
+            answers = await infer_shared([s for _, s in targets], texts, settings.request_timeout_ms / 1000)
+        finally:
+            for served in {id(s): s for _, s in targets}.values():
+                metrics.inflight.labels(served.name, str(served.number)).dec()
+        for (i, served), rows in zip(targets, answers, strict=True):
+            labels = (served.name, str(served.number))
+            if isinstance(rows, BaseException):
+                metrics.failure.labels(*labels).inc()
+                if not isinstance(rows, WorkerError):
+                    log.error("inference on %s v%s failed: %r", *labels, rows)
+                    rows = InferenceFailed("internal error during inference")
+                results[i] = _failure(served.name, str(served.number), rows)
+                continue
+            results[i] = build_response(served, req, rows, [t.name for t in public_outputs(served)])
+            metrics.success.labels(*labels).inc()
+            metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+        payload = {"results": results} if req.id is None else {"id": req.id, "results": results}
         return Response(json.dumps(payload, ensure_ascii=False), media_type="application/json")
 
     @app.post("/v2/repository/index")

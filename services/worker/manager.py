@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +45,9 @@ class ServedVersion:
         self.config: ModelConfig = version.config
         self.labels = version.labels
         self.tokenizer = version.tokenizer()
+        # versions with the same vocabulary and casing tokenise alike (up to their max_seq_len): see infer_shared
+        vocab = hashlib.sha256(Path(self.tokenizer.vocab_file).read_bytes()).hexdigest()
+        self.vocabulary = (vocab, version.tokenizer_settings.do_lower_case)
         self.backend = backend
         self.max_seq_len = self.tokenizer.max_seq_len
         self.seq_bucket = settings.seq_bucket
@@ -145,12 +150,28 @@ class ServedVersion:
         """All texts of a request are admitted together or refused together; if one fails, the rest are
         cancelled (and dropped by the batcher before they cost engine time). A dead or hung engine refuses at
         once (503) instead of queueing texts it will never run."""
+        self._admit(len(texts))
+        return await self._submit(self.tokenizer.encode_ids(texts), timeout_s)
+
+    async def infer_ids(self, ids: list[list[int]], timeout_s: float) -> list[dict[str, np.ndarray]]:
+        """`infer` for texts already tokenised with this version's vocabulary (cut here to max_seq_len)."""
+        self._admit(len(ids))
+        return await self._submit([self.cut(x) for x in ids], timeout_s)
+
+    def cut(self, ids: list[int]) -> list[int]:
+        """Token ids of a longer truncation ([CLS] … [SEP]) as this version's tokenizer truncates them."""
+        if len(ids) <= self.max_seq_len:
+            return ids
+        return [*ids[: self.max_seq_len - 1], self.tokenizer.sep_id]
+
+    def _admit(self, n: int) -> None:
         if not self.alive or self.hung:
             raise EngineUnavailable(
                 f"the engine of {self.name!r} version {self.number} is not answering; it is being restarted"
             )
-        self.batcher.reserve(len(texts))
-        ids = self.tokenizer.encode_ids(texts)
+        self.batcher.reserve(n)
+
+    async def _submit(self, ids: list[list[int]], timeout_s: float) -> list[dict[str, np.ndarray]]:
         tasks = [asyncio.ensure_future(self.batcher.submit(x, len(x), timeout_s)) for x in ids]
         try:
             return await asyncio.gather(*tasks)
@@ -158,6 +179,26 @@ class ServedVersion:
             for task in tasks:
                 task.cancel()
             raise
+
+
+async def infer_shared(
+    targets: list[ServedVersion], texts: list[str], timeout_s: float
+) -> list[list[dict[str, np.ndarray]] | BaseException]:
+    """`texts` through every target concurrently, tokenised once per vocabulary (by the version with the
+    longest max_seq_len, cut for the others: the same ids their own tokenizer gives). One target's failure
+    (refused, dead engine, deadline) is its own: returned in its place, the others still answer."""
+    ids_of: dict[int, list[list[int]]] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i, served in enumerate(targets):
+        groups.setdefault(served.vocabulary, []).append(i)
+    for members in groups.values():
+        longest = max((targets[i] for i in members), key=lambda s: s.max_seq_len)
+        ids = longest.tokenizer.encode_ids(texts)
+        for i in members:
+            ids_of[i] = ids
+    return await asyncio.gather(
+        *(served.infer_ids(ids_of[i], timeout_s) for i, served in enumerate(targets)), return_exceptions=True
+    )
 
 
 class ModelManager:

@@ -106,3 +106,42 @@ class ReadyResponse(BaseModel):
 
 class LiveResponse(BaseModel):
     live: bool
+
+
+# ── multi-model inference (this worker's extension `multi_model_infer`, POST /v2/multi/infer) ─────────
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str | None = None  # None: the highest version serving
+
+
+class MultiInferenceRequest(BaseModel):
+    """One text input for several models: the texts travel once and are tokenised once per vocabulary."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["我的快递到哪了"]}],
+                "models": [{"name": "intent", "version": "2"}, {"name": "sentiment"}, {"name": "faq"}],
+            }
+        }
+    )
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    models: list[ModelRef] = Field(min_length=1, max_length=8)
+
+
+class ModelFailure(BaseModel):
+    """One model's failure inside a multi-model answer: the status its own infer endpoint would answer."""
+
+    model_name: str
+    model_version: str | None = None
+    status: int
+    error: str
+
+
+class MultiInferenceResponse(BaseModel):
+    id: str | None = None
+    results: list[InferenceResponse | ModelFailure]  # in the order of the request's `models`
