@@ -3,6 +3,9 @@
 Two ports, one process, shared state: the public port (the API, /healthz, a status-only /readyz, /docs in
 development) and the internal port (/metrics, /healthz, the detailed /readyz) for Prometheus and probes. Both
 refuse a request head over `max_header_bytes` with 431 before reading more (services/common/http_limits.py).
+Overload (admission.py) is refused fast: the server takes at most `max_connections` connections + requests
+(uvicorn's `limit_concurrency`), with `backlog` and `keep_alive_s`; the admission gate answers 503 before any
+other work when the process is full or its event loop lags.
 
 Every core option is also a KEFU_GATEWAY_* variable (settings.py); the edge's (API keys, limits, Redis) are
 KEFU_GATEWAY_* variables of `EdgeSettings` (edge.py), the FAQ store's KEFU_FAQ_* (services/faq/settings.py).
@@ -61,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
         proxy_headers=False,  # the edge reads X-Forwarded-For itself, from KEFU_GATEWAY_TRUSTED_PROXIES only
+        # what comes before admission control (admission.py) is bounded too: connections + requests the server
+        # takes (past it: its own 503), connections waiting to be accepted, idle keep-alive connections
+        limit_concurrency=settings.max_connections,
+        backlog=settings.backlog,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

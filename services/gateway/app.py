@@ -244,8 +244,16 @@ def create_app(
     app.state.canary = canary
     edge.install(app)
     app.add_middleware(TimingMiddleware, metrics=metrics)
-    admission = Admission(settings.max_inflight, settings.admission_wait_s, 1, metrics)
+    admission = Admission(
+        settings.max_inflight,
+        settings.admission_wait_s,
+        1,
+        metrics,
+        max_queue=settings.admission_queue,
+        max_loop_lag_s=settings.admission_max_loop_lag_s,
+    )
     app.state.admission = admission
+    app.add_middleware(admission.gate)  # outermost: overload refused before any other work
     # every /v1 route: the `chat` scope (and the per-key rate limit), then a slot from admission control
     v1 = APIRouter(
         prefix="/v1",

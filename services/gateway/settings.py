@@ -63,6 +63,11 @@ class GatewaySettings(BaseSettings):
     intent_model: str = Field("intent", description="name of the intent classifier on its workers")
     sentiment_model: str = Field("sentiment", description="name of the sentiment classifier on its workers")
     faq_model: str = Field("faq", description="name of the FAQ sentence encoder on its workers")
+    combined_model_calls: bool = Field(
+        True,
+        description="a chat turn sends ONE request (POST /v2/multi/infer) for its models when they live at "
+        "the same worker URLs and those workers offer it; false: one request per model",
+    )
     negative_label: str = Field("negative", description="the sentiment model's label for negative")
     connect_timeout_s: float = Field(0.5, gt=0, description="TCP connect timeout towards a worker")
     call_timeout_s: float = Field(2.0, gt=0, description="timeout of one inference call (one replica)")
@@ -168,14 +173,39 @@ class GatewaySettings(BaseSettings):
     # ── degradation ───────────────────────────────────────────────────────────────────────────────────
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 when every upstream is down")
     max_inflight: int = Field(
-        64,
+        16,
         ge=0,
         description="admission control: /v1 requests inside this process at once; more wait for a slot up to "
         "`admission_wait_s`, then get 503 overloaded (0 = no limit)",
     )
     admission_wait_s: float = Field(
-        0.5, ge=0, description="longest a /v1 request waits for a slot before 503 overloaded (Retry-After: 1)"
+        0.1,
+        ge=0,
+        description="queue-time cap: longest a /v1 request waits, from its arrival, for a slot before 503 "
+        "overloaded (Retry-After: 1)",
     )
+    admission_queue: int = Field(
+        16,
+        ge=0,
+        description="/v1 requests that may wait for a slot; past max_inflight + this, 503 overloaded at once, "
+        "before authentication or reading the body",
+    )
+    admission_max_loop_lag_s: float = Field(
+        0.05,
+        ge=0,
+        description="with every slot taken: event-loop lag (the process is out of CPU) past which new /v1 "
+        "requests get 503 overloaded at once instead of queueing (0 = off)",
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="open connections + requests the HTTP server takes (uvicorn limit_concurrency); past it, a "
+        "plain 503 from the server itself",
+    )
+    backlog: int = Field(
+        2048, ge=1, description="listen backlog of the public port (connections not yet accepted)"
+    )
+    keep_alive_s: float = Field(5, gt=0, description="an idle keep-alive connection is closed after this")
 
     @field_validator("routing_file", mode="before")
     @classmethod
