@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--scale", type=float, default=20.0, help="encoder similarity scale")
+    p.add_argument(
+        "--hard-negatives",
+        type=int,
+        default=0,
+        help="encoder: per pair, draw one of the N texts BM25 ranks highest that are not its positives (0 = none)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--min-char-freq", type=int, default=1, help="from-scratch vocabulary: minimum count")
     p.add_argument("--no-progress", action="store_true")
@@ -135,6 +141,7 @@ def train(args: argparse.Namespace) -> dict:
         patience=args.patience,
         seed=args.seed,
         scale=args.scale,
+        hard_negatives=args.hard_negatives if args.task == "embedding" else 0,
         progress=not args.no_progress,
     )
     started = time.time()

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from models.calibration import calibrated_probs, fit_temperature
 from models.corpus import PairExample, TextExample, retrieval_split
+from models.hard_negatives import labelled_negatives, positive_groups
 from models.metrics import classification_report, expected_calibration_error, retrieval_report
 from models.modeling import ErnieClassifier, ErnieSentenceEncoder
 from services.runtime.tokenizer import ErnieTextTokenizer
@@ -36,6 +37,9 @@ class TrainOptions:
     patience: int = 3  # evaluations without improvement before stopping
     seed: int = 42
     scale: float = 20.0  # encoder: similarity scale (1 / temperature) of the in-batch softmax
+    hard_negatives: int = (
+        0  # encoder: BM25 pool per pair, one drawn per step (models/hard_negatives.py); 0 = none
+    )
     progress: bool = True
 
 
@@ -208,32 +212,57 @@ def train_encoder(
     dev: list[PairExample],
     opts: TrainOptions,
 ) -> dict:
-    """In-batch-negatives contrastive training on positive pairs (symmetric loss); returns the dev report."""
+    """In-batch-negatives contrastive training on positive pairs (symmetric loss); returns the dev report.
+
+    With `opts.hard_negatives` = N, each pair also gets one of its question's first N labelled negatives (label-0
+    rows of `train`, `models/hard_negatives.py` says where they come from), drawn anew each step: the question's
+    softmax then runs over the batch's matches and the batch's hard negatives. Texts connected by positive pairs
+    are never each other's negatives."""
     seed_everything(opts.seed)
     positives = sorted({(p.text_a, p.text_b) for p in train if p.label == 1})
     if not positives:
         raise ValueError("training data has no positive pairs (label 1)")
+    groups = positive_groups(positives)
+    group = np.array([groups[a] for a, _ in positives])
     ids_a = tokenizer.encode_ids([a for a, _ in positives])
     ids_b = tokenizer.encode_ids([b for _, b in positives])
     kb, queries, gold = retrieval_split(dev)
+    negatives: list[list[int]] = [[] for _ in positives]
+    neg_ids: list[list[int]] = []
+    neg_group = np.zeros(0, dtype=np.int64)
+    if opts.hard_negatives:
+        rows = [(p.text_a, p.text_b, p.label) for p in train]
+        found = labelled_negatives(rows, [a for a, _ in positives], groups, opts.hard_negatives)
+        neg_texts = sorted({t for m in found for t in m})
+        where = {t: i for i, t in enumerate(neg_texts)}
+        negatives = [[where[t] for t in m] for m in found]
+        neg_ids = tokenizer.encode_ids(neg_texts)
+        neg_group = np.array([groups.get(t, -1) for t in neg_texts], dtype=np.int64)
+        log.info("hard negatives: %d of %d pairs have some", sum(map(bool, negatives)), len(positives))
+    draw = np.random.default_rng(opts.seed + 1)
 
     def step_fn(batch):
         emb_a = net(paddle.to_tensor(tokenizer.pad([ids_a[i] for i in batch])))
         emb_b = net(paddle.to_tensor(tokenizer.pad([ids_b[i] for i in batch])))
+        g = group[batch]
+        # another pair of the same positive group is not a negative (the same question twice, or transitively)
+        clash = (g[:, None] == g[None, :]) & ~np.eye(len(batch), dtype=bool)
         sim = paddle.matmul(emb_a, emb_b, transpose_y=True) * opts.scale
-        # the same question twice in a batch is not a negative of itself
-        texts_a = [positives[i][0] for i in batch]
-        texts_b = [positives[i][1] for i in batch]
-        clash = np.array(
-            [
-                [i != j and (texts_a[i] == texts_a[j] or texts_b[i] == texts_b[j]) for j in range(len(batch))]
-                for i in range(len(batch))
-            ]
-        )
+        sim_b = sim.T
+        have = [i for i in batch if negatives[i]]
+        if have:
+            # one column per pair that has hard negatives: one of them, drawn anew each step
+            picked = [int(draw.choice(negatives[i])) for i in have]
+            emb_n = net(paddle.to_tensor(tokenizer.pad([neg_ids[n] for n in picked])))
+            n_clash = g[:, None] == neg_group[picked][None, :]
+            sim = paddle.concat([sim, paddle.matmul(emb_a, emb_n, transpose_y=True) * opts.scale], axis=1)
+            clash = np.concatenate([clash, n_clash], axis=1)
         if clash.any():
             sim = paddle.where(paddle.to_tensor(clash), paddle.full_like(sim, -1e4), sim)
+            square = paddle.to_tensor(clash[:, : len(batch)].T)
+            sim_b = paddle.where(square, paddle.full_like(sim_b, -1e4), sim_b)
         target = paddle.arange(len(batch), dtype="int64")
-        return (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
+        return (F.cross_entropy(sim, target) + F.cross_entropy(sim_b, target)) / 2
 
     def evaluate() -> float:
         return _retrieval(net, tokenizer, kb, queries, gold)["mrr"]
@@ -241,7 +270,8 @@ def train_encoder(
     lengths = [len(a) + len(b) for a, b in zip(ids_a, ids_b, strict=True)]
     info = _run_loop(net, len(positives), lengths, step_fn, evaluate, opts, "train encoder")
     report = _retrieval(net, tokenizer, kb, queries, gold)
-    return {**report, "training": info, "train_pairs": len(positives)}
+    extra = {"pairs_with_hard_negatives": sum(map(bool, negatives))} if opts.hard_negatives else {}
+    return {**report, "training": info, "train_pairs": len(positives), **extra}
 
 
 def _retrieval(net, tokenizer, kb, queries, gold) -> dict:
