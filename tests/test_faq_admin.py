@@ -21,6 +21,7 @@ from services.faq.admin_schemas import join_multi, split_multi
 from services.faq.domain import FaqEntry, StoreUnavailable
 from services.faq.store import InMemoryFaqStore
 from services.faq.testing import DEMO_KB, FailingEmbedder, HashingEmbedder
+from tests.demo_kb import FAQS
 
 DIM = 64
 EMB = HashingEmbedder(DIM)
@@ -39,13 +40,15 @@ def run(coro):
 
 
 @asynccontextmanager
-async def admin_api(store=None, embedder=EMB, reindexer=None, auth=True, bm25_refresher=None, **settings):
+async def admin_api(
+    store=None, embedder=EMB, reindexer=None, auth=True, bm25_refresher=None, key_check=None, **settings
+):
     store = store if store is not None else InMemoryFaqStore(DIM)
     keys = {DIGEST: {"faq:admin"}, READER_DIGEST: {"faq:read"}}
     router = create_admin_router(
         store,
         embedder,
-        require_admin_key(keys),
+        key_check if key_check is not None else require_admin_key(keys),
         settings=FaqAdminSettings(**settings),
         reindexer=reindexer,
         bm25_refresher=bm25_refresher,
@@ -131,8 +134,20 @@ def test_every_route_needs_an_admin_key():
 def test_admin_keys_must_be_sha256_digests():
     with pytest.raises(ValueError, match="sha256"):
         require_admin_key({KEY})
-    dep = FaqAdminSettings(api_key_sha256=f" {DIGEST.upper()} ,").auth()
-    assert callable(dep)
+    with pytest.raises(ValueError, match="sha256"):  # the setting: a key in clear is refused at start
+        FaqAdminSettings(api_key_sha256=f"{DIGEST},{READER_KEY}").auth()
+    # the setting's digests: blanks, upper-case hex and an empty item after a trailing comma are tolerated
+    check = FaqAdminSettings(api_key_sha256=f" {DIGEST.upper()} ,").auth()
+
+    async def main():
+        async with admin_api(key_check=check, auth=False) as c:
+            r = await c.get("/faqs", headers=AUTH)
+            assert r.status_code == 200, r.text
+            for key in (READER_KEY, DIGEST, DIGEST.upper()):  # another key; the digest itself is no key
+                r = await c.get("/faqs", headers={"Authorization": f"Bearer {key}"})
+                error_of(r, 401, "unauthorized")
+
+    run(main())
 
 
 def test_request_id_is_echoed_or_generated():
@@ -390,12 +405,12 @@ def test_import_jsonl_then_again_changes_nothing():
     async def main():
         async with admin_api() as c:
             report = await import_demo(c)
-            assert report["rows"] == 91 and len(report["created"]) == 91 and report["faqs"] == 91
+            assert report["rows"] == FAQS and len(report["created"]) == FAQS and report["faqs"] == FAQS
             assert report["updated"] == [] and report["deleted"] == [] and report["mode"] == "upsert"
             assert c.store.get("faq-004").tags == ["顺丰", "快递公司"]
             before = c.store.get("faq-004").updated_at
             report = await import_demo(c)
-            assert report["created"] == [] and report["updated"] == [] and report["unchanged"] == 91
+            assert report["created"] == [] and report["updated"] == [] and report["unchanged"] == FAQS
             assert c.store.get("faq-004").updated_at == before  # not rewritten
 
     run(main())
@@ -524,7 +539,7 @@ def test_import_replace_all_and_dry_run():
             assert r.status_code == 200 and report["dry_run"] is True
             assert report["created"] == ["new-1"] and report["updated"] == ["faq-001"]
             assert report["unchanged"] == 9 and len(report["deleted"]) == 81 and report["faqs"] == 11
-            assert c.store.count() == 91  # dry run: nothing changed
+            assert c.store.count() == FAQS  # dry run: nothing changed
 
             r = await c.post(
                 "/import", params={"mode": "upsert", "dry_run": True}, content=text, headers=JSONL
@@ -582,7 +597,7 @@ def test_export_round_trip():
             await import_demo(c)
             r = await c.get("/export")
             assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
-            assert "attachment" in r.headers["content-disposition"] and r.headers["x-faq-count"] == "91"
+            assert "attachment" in r.headers["content-disposition"] and r.headers["x-faq-count"] == str(FAQS)
             assert r.text == DEMO_TEXT  # the faq.jsonl format, ordered by id
             r_csv = await c.get("/export", params={"format": "csv"})
             assert (
@@ -591,7 +606,7 @@ def test_export_round_trip():
             csv_bytes = r_csv.content
         async with admin_api() as fresh:  # export -> import -> export is the identity, in both formats
             r = await fresh.post("/import", content=csv_bytes, headers={"content-type": "text/csv"})
-            assert r.status_code == 200 and len(r.json()["created"]) == 91
+            assert r.status_code == 200 and len(r.json()["created"]) == FAQS
             assert (await fresh.get("/export")).text == DEMO_TEXT
             assert (await fresh.get("/export", params={"format": "csv"})).content == csv_bytes
 
