@@ -284,3 +284,9 @@ def test_health(kb_store):
     assert h["ok"] is True and h["bm25_supported"] is True
     assert h["rows"] == 91 + 335 and h["faqs"] == 91
     assert {"backend", "collection"} <= set(h)
+
+
+def test_keyword_search_needs_no_query_vector(kb_store):
+    """The gateway's fallback while the encoder is down (issue 14 item 6): BM25 with the text alone."""
+    hits = kb_store.search("能不能发顺丰", None, top_k=3, mode="bm25")
+    assert hits[0].faq_id == "faq-004" and hits[0].source == "bm25" and hits[0].cosine is None

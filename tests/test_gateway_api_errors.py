@@ -123,7 +123,12 @@ def test_a_dead_replica_is_retried_on_the_other_and_breaks_open(gw):
 
 
 def test_faq_encoder_down_intent_and_sentiment_still_decide(gw):
+    """The encoder down, the store searches by keywords alone (issue 14 item 6; more in
+    tests/test_gateway_keywords_fallback.py); with the store down too, the knowledge base is gone."""
     gw.fake.down_models.add("faq")
+    body = gw.chat("下单后多久发货？").json()
+    assert body["action"] == "answer" and body["degraded"] == ["faq_keywords_only"]
+    gw.store.search = _broken_search
     body = gw.chat("下单后多久发货？").json()
     assert body["action"] == "clarify" and body["degraded"] == ["faq_down"] and body["faq_hits"] == []
     body = gw.chat("我要投诉").json()
@@ -132,6 +137,10 @@ def test_faq_encoder_down_intent_and_sentiment_still_decide(gw):
     r = gw.client.post("/v1/faq/search", json={"text": "运费"}, headers=headers())
     assert_error(r, 503, "upstream_unavailable")
     assert r.headers["Retry-After"] == "5"
+
+
+def _broken_search(*args, **kwargs):
+    raise StoreUnavailable("milvus search failed: connection refused")
 
 
 class BrokenStore(InMemoryFaqStore):
@@ -184,6 +193,7 @@ def test_sentiment_down_skips_the_sentiment_handoff(gw):
 
 def test_every_upstream_down_is_503_with_retry_after(gw):
     gw.fake.replica(A).mode = gw.fake.replica(B).mode = "down"
+    gw.store.search = _broken_search  # (with the store up, chat answers from keywords alone)
     r = gw.chat("你好")
     assert_error(r, 503, "upstreams_unavailable")
     assert r.headers["Retry-After"] == "5"

@@ -132,7 +132,9 @@ def test_a_new_encoder_version_is_not_searched_against_old_vectors(tmp_path):
         fake.set_versions("faq", ["2"])
         asyncio.run(app.state.pool.refresh())
         body = chat("怎么查看物流信息？")
-        assert body["degraded"] == ["faq_down"]  # v2 vectors must not meet a v1 collection
+        assert body["degraded"] == [
+            "faq_keywords_only"
+        ]  # v2 vectors must not meet a v1 collection: BM25 only
         asyncio.run(app.state.kb.refresh())
         assert reindexer.runs == [("faq-v2", 91)]
         body = chat("怎么查看物流信息？")
