@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 import time
 from contextlib import asynccontextmanager
 
@@ -349,6 +350,25 @@ def test_failed_reload_keeps_the_old_version_serving(model_repo, tmp_path):
     assert {"name": "intent", "versions": [], "state": "UNAVAILABLE"} in index.json()
 
 
+class RecordingPaddle(PaddleBackend):
+    """The real engine, recording the rows of every batch it runs; while `gate` is armed, a batch waits for it
+    in the engine thread (so the test decides when the engine is free again, not a clock)."""
+
+    def __init__(self, version):
+        super().__init__(version)
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def infer(self, input_ids):
+        self.sizes.append(int(input_ids.shape[0]))
+        assert self.gate.wait(30), "the test never released the engine"
+        return super().infer(input_ids)
+
+    def health(self) -> None:  # the readiness probe is no batch of ours
+        PaddleBackend.infer(self, np.array([[1, 2]], dtype=np.int64))
+
+
 def test_batched_answers_equal_single_answers_on_the_real_engine(model_repo):
     texts = [
         "在吗",
@@ -357,17 +377,40 @@ def test_batched_answers_equal_single_answers_on_the_real_engine(model_repo):
         "这个商品有没有优惠券可以用啊",
         "人工",
     ]
+    engines: list[RecordingPaddle] = []
+
+    def factory(version):
+        engines.append(RecordingPaddle(version))
+        return engines[-1]
 
     async def main():
-        async with worker(model_repo, lambda v: PaddleBackend(v), max_queue_delay_ms=20) as c:
+        async with worker(model_repo, factory, max_queue_delay_ms=20) as c:
+            intent = c.manager.get("intent")
+            engine = next(e for e in engines if e is intent.backend)
             alone = [await c.post("/v2/models/intent/infer", json=infer_body([t])) for t in texts]
-            together = await asyncio.gather(
+            assert engine.sizes == [1] * len(texts)
+            # hold the engine on the first batch until every other text waits in the queue behind it: the
+            # rest must then go through as one batch
+            engine.sizes.clear()
+            engine.gate.clear()
+            together = asyncio.gather(
                 *(c.post("/v2/models/intent/infer", json=infer_body([t])) for t in texts)
             )
-            return alone, together, c.manager.get("intent")
+            for _ in range(3000):
+                if engine.sizes and engine.sizes[0] + intent.batcher.depth == len(texts):
+                    break
+                await asyncio.sleep(0.01)
+            assert engine.sizes and engine.sizes[0] + intent.batcher.depth == len(texts), (
+                engine.sizes,
+                intent.batcher.depth,
+            )
+            engine.gate.set()
+            return alone, await together, engine.sizes
 
-    alone, together, served = run(main())
+    alone, together, sizes = run(main())
+    assert sum(sizes) == len(texts) and max(sizes) > 1, sizes  # a real batch formed
     for a, b in zip(alone, together, strict=True):
+        assert a.status_code == b.status_code == 200
         np.testing.assert_allclose(a.json()["outputs"][0]["data"], b.json()["outputs"][0]["data"], atol=1e-5)
 
 

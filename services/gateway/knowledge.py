@@ -49,6 +49,8 @@ from services.gateway.timing import Timings
 log = logging.getLogger(__name__)
 
 STORE = "faq_store"
+KEYWORDS_MODE = "bm25"  # the search mode of the encoder-down fallback
+KEYWORDS_VERSION = "keywords"  # what answers instead of an encoder version then
 PROBE_TTL_S = 2.0  # how long readiness trusts the store's last live answer
 StoreOpener = Callable[[str, int], FaqStore]  # (embedder version, dim) -> store
 ReindexerFactory = Callable[[WorkerEmbedder], Callable[[list], Any]]
@@ -302,15 +304,24 @@ class KnowledgeBase:
         return answer.version, answer.embeddings
 
     async def search_vectors(
-        self, texts: Sequence[str], vectors: np.ndarray, top_k: int, timings: Timings, version: str
+        self,
+        texts: Sequence[str],
+        vectors: np.ndarray | None,
+        top_k: int,
+        timings: Timings,
+        version: str,
+        mode: str | None = None,
     ) -> list[list[FaqHit]]:
-        """One store search per text (concurrently). Raises `FaqUnavailable`."""
+        """One store search per text (concurrently); `vectors` None with `mode` "bm25": keywords only (the
+        encoder is down). Raises `FaqUnavailable`."""
         if self.store is None:
             raise FaqUnavailable("no store")
         if not self.breaker.allow():
             self.metrics.upstream_duration.labels(STORE, "circuit_open").observe(0)
             raise FaqUnavailable("FAQ store circuit breaker is open")
-        mode = self.settings.faq_search_mode
+        mode = mode or self.settings.faq_search_mode
+        if vectors is None:
+            vectors = [None] * len(texts)
         started = time.perf_counter()
         try:
             with timings.measure("faq_store"):
@@ -339,9 +350,23 @@ class KnowledgeBase:
             self.metrics.faq_search_duration.labels(mode).observe(elapsed / max(1, len(results)))
             if hits:
                 self.metrics.faq_top_score.labels(mode).observe(hits[0].score)
+                if version == KEYWORDS_VERSION:
+                    continue  # the encoder did not answer: no confidence of it to record
                 top = min(1.0, max(0.0, faq_score(hits[0])))
                 self.metrics.model_confidence.labels(model, version, "stable").observe(top)
         return [list(h) for h in results]
+
+    @property
+    def keyword_thresholds(self) -> Thresholds:
+        """Thresholds of keyword-only hits (`search_keywords`)."""
+        return Thresholds.keywords(self.policy)
+
+    async def search_keywords(self, texts: Sequence[str], top_k: int, timings: Timings) -> list[list[FaqHit]]:
+        """BM25 only, no encoder: the fallback while the encoder is down (the store must be open and have
+        served before). Raises `FaqUnavailable`."""
+        if self.store is None or self.indexed_version is None:
+            raise FaqUnavailable("the knowledge base was never prepared: no keyword search either")
+        return await self.search_vectors(texts, None, top_k, timings, KEYWORDS_VERSION, KEYWORDS_MODE)
 
     async def search(
         self, texts: list[str], top_k: int, timings: Timings, session_id: str | None = None

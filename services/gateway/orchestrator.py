@@ -12,7 +12,10 @@ The knowledge-base search itself is never cached (only the query embedding), so 
 admin API is served at once.
 
 Degradation (each counted in `kefu_gateway_degraded_total{mode}` and listed in the answer's `degraded`):
-- knowledge base down (encoder or store)  → intent and sentiment still decide: clarify or handoff (`faq_down`);
+- FAQ encoder down, store up               → BM25-only hits with their own thresholds (`faq_keywords_only`;
+                                             `/v1/faq/search` answers them with model_version `keywords`);
+- knowledge base down (store, or encoder and no keyword search) → intent and sentiment still decide: clarify or
+                                             handoff (`faq_down`);
 - intent model down                        → FAQ-only decision (`intent_down`);
 - sentiment model down                     → no sentiment hand-over (`sentiment_down`);
 - all of them down                         → 503 `upstreams_unavailable` with Retry-After.
@@ -38,7 +41,7 @@ from services.faq.domain import FaqHit
 from services.gateway.cache import ResponseCache, cache_key
 from services.gateway.errors import ApiError
 from services.gateway.inference import ClassPrediction, ModelClient
-from services.gateway.knowledge import FaqUnavailable, KnowledgeBase
+from services.gateway.knowledge import KEYWORDS_VERSION, FaqUnavailable, KnowledgeBase
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.policy import Decision, Policy, Signals, Thresholds, decide
 from services.gateway.sessions import Session, SessionKey, SessionStore
@@ -50,6 +53,7 @@ from services.gateway.upstream import UpstreamError
 log = logging.getLogger(__name__)
 
 DOWN_MODES = {"intent": "intent_down", "sentiment": "sentiment_down", "faq": "faq_down"}
+KEYWORDS_ONLY = "faq_keywords_only"  # the encoder is down, the store answered by BM25 alone
 
 
 @dataclass
@@ -150,9 +154,28 @@ class Orchestrator:
     async def search_faq(
         self, texts: list[str], top_k: int, timings: Timings, *, tenant: str, sticky_id: str | None = None
     ) -> tuple[str, list[list[FaqHit]]]:
-        """Raises `UpstreamError` / `FaqUnavailable`."""
-        version, vectors = await self.embed(texts, timings, tenant=tenant, sticky_id=sticky_id)
+        """Raises `UpstreamError` / `FaqUnavailable`. With the encoder down (or answering another version than
+        the collection's) and the store up: BM25 hits only, with the version `KEYWORDS_VERSION`."""
+        try:
+            version, vectors = await self.embed(texts, timings, tenant=tenant, sticky_id=sticky_id)
+        except (UpstreamError, FaqUnavailable) as encoder_down:
+            found = await self._keywords_or(encoder_down, texts, top_k, timings)
+            if isinstance(found, BaseException):
+                raise found from None
+            return found
         return version, await self.kb.search_vectors(texts, vectors, top_k, timings, version)
+
+    async def _keywords_or(
+        self, encoder_down: Exception, texts: list[str], top_k: int, timings: Timings
+    ) -> tuple[str, list[list[FaqHit]]] | Exception:
+        """The encoder failed: BM25-only hits (`KEYWORDS_VERSION`, hits), or `encoder_down` when the store
+        cannot search by keywords either."""
+        if self.kb is None:
+            return encoder_down
+        try:
+            return KEYWORDS_VERSION, await self.kb.search_keywords(texts, top_k, timings)
+        except FaqUnavailable:
+            return encoder_down
 
     # ── one chat turn ───────────────────────────────────────────────────────────────────────────────
 
@@ -195,6 +218,11 @@ class Orchestrator:
             if self.kb is not None
             else Thresholds(self.policy.faq.answer, self.policy.faq.suggest, "policy")
         )
+        if "faq" in answers and answers["faq"][0] == KEYWORDS_VERSION:
+            # the encoder is down: keyword hits, held to their own thresholds
+            degraded.append(KEYWORDS_ONLY)
+            thresholds = self.kb.keyword_thresholds
+            del answers["faq"]  # no encoder version to report (`hits` holds the keyword hits)
         sentiment_version = answers["sentiment"][0] if "sentiment" in answers else None
         signals = Signals(intent, negative, hits, session.unresolved, text, sentiment_version)
         decision = decide(self.policy, thresholds, signals)
