@@ -18,22 +18,50 @@ With a routing file (`canary_routing.py`, issue 7) the router may answer `canary
 version (then `shadow.submit` mirrors the call in the background after stable answered). Classifier top labels
 come from the worker's `label` output and the probability table uses the label order of the version that
 answered (`version_labels`), since versions may order their labels differently.
+
+One chat turn needs intent, sentiment and the FAQ encoder on the same text. `plan_combined` /
+`predict_combined` send them as ONE request (`POST /v2/multi/infer`: the text travels and is tokenised once)
+when `combined_model_calls` is on, every route of the turn goes to the same pool and the same worker URLs
+(the local stack, or one Kubernetes Service serving all three models), and those workers advertise the
+extension `multi_model_infer` (`GET /v2`, read in the background and re-read every `EXTENSION_TTL_S`; until
+known, and for workers without it, one request per model as before). Routing, versions and metrics stay per
+model: each model's version comes from the router as above, its answer is recorded under its own
+`{model, version, role}` and its upstream's duration, and its replica breaker counts its own outcome. A model
+that fails inside a combined answer (or a canary whose combined call failed) takes the one-model path, with
+its retries, 404 refresh and canary fallback, so failures are answered as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 import numpy as np
 
+from services.gateway.breaker import BreakerState
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.upstream import UpstreamError, WorkerPool
+from services.gateway.upstream import (
+    INPUT_NAME,
+    UPSTREAM_NAMES,
+    InferResult,
+    UpstreamError,
+    WorkerPool,
+    decode_outputs,
+)
 
 log = logging.getLogger(__name__)
+
+MULTI_EXTENSION = "multi_model_infer"
+EXTENSION_TTL_S = 30.0  # how long a worker's `GET /v2` answer (its extensions) is trusted
+
+
+class CombinedRefused(Exception):
+    """The worker refused the combined request itself (4xx: no such endpoint): one request per model."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,9 @@ class ModelClient:
         self.shadow: Any = None  # canary_routing.ShadowRunner when a routing file is configured
         self.version_labels: dict[tuple[str, str], list[str]] = {}  # (model, version) -> label order
         self._refreshing: asyncio.Task | None = None
+        self.combined = bool(getattr(pool.settings, "combined_model_calls", False))
+        self._multi: dict[str, tuple[bool, float]] = {}  # worker URL -> (offers multi_model_infer, when read)
+        self._multi_probes: dict[str, asyncio.Task] = {}
 
     def _stable(self, model: str) -> str | None:
         stable = getattr(self.router, "stable_version", None)
@@ -105,8 +136,10 @@ class ModelClient:
 
     async def predict(self, role: str, texts: list[str], session_id: str | None = None) -> ModelAnswer:
         """Run `texts` through `role`'s model, at the version the router picks. Raises `UpstreamError`."""
+        return await self._predict_routed(role, texts, self.router.route(self.pool.models[role], session_id))
+
+    async def _predict_routed(self, role: str, texts: list[str], route: Route) -> ModelAnswer:
         model = self.pool.models[role]
-        route = self.router.route(model, session_id)
         if route.role == "canary":
             try:
                 return await self.call(role, texts, route)
@@ -141,6 +174,11 @@ class ModelClient:
         except UpstreamError:
             self.metrics.model_requests.labels(model, route.version or "unknown", route.role, "error").inc()
             raise
+        return self._answer(role, route, result, started)
+
+    def _answer(self, role: str, route: Route, result: InferResult, started: float) -> ModelAnswer:
+        """A worker's result as `role`'s answer, with the per-version metrics. Raises `UpstreamError`."""
+        model = self.pool.models[role]
         version = result.model_version or route.version or "unknown"
         labels = (model, version, route.role)
         try:
@@ -161,6 +199,187 @@ class ModelClient:
             self.metrics.model_predictions.labels(*labels, p.label).inc()
             self.metrics.model_confidence.labels(*labels).observe(p.confidence)
         return answer
+
+    # ── one request for the models of a chat turn ───────────────────────────────────────────────────
+
+    def _pool_for(self, route: Route) -> WorkerPool:
+        return self.canary_pool if route.role != "stable" and self.canary_pool is not None else self.pool
+
+    def plan_combined(
+        self, roles: list[str], session_id: str | None, n_texts: int = 1
+    ) -> dict[str, Route] | None:
+        """Each role's route when one combined request can carry them all (see the module doc), else None:
+        the same pool and worker URLs for every route, combining on, every replica's breaker closed (a replica
+        being probed back takes one-model calls), the texts within every model's batch size, and every worker
+        URL known to offer `multi_model_infer` (asked in the background when not known)."""
+        if not self.combined or len(roles) < 2:
+            return None
+        routes = {role: self.router.route(self.pool.models[role], session_id) for role in roles}
+        pools = [self._pool_for(r) for r in routes.values()]
+        pool = pools[0]
+        if any(p is not pool for p in pools):
+            return None
+        urls = {tuple(r.url for r in pool.replicas[role]) for role in roles}
+        if len(urls) != 1:
+            return None
+        for role in roles:
+            if n_texts > pool.batch_size(role):
+                return None
+            if any(r.breaker.state is not BreakerState.CLOSED for r in pool.replicas[role]):
+                return None
+        now, offered = time.monotonic(), True
+        for url in next(iter(urls)):
+            known = self._multi.get(url)
+            if known is None or now - known[1] > EXTENSION_TTL_S:
+                self._read_extensions_soon(pool, roles[0], url)
+            offered = offered and known is not None and known[0]
+        return routes if offered else None
+
+    def _read_extensions_soon(self, pool: WorkerPool, role: str, url: str) -> None:
+        task = self._multi_probes.get(url)
+        if task is None or task.done():
+            self._multi_probes[url] = asyncio.get_running_loop().create_task(
+                self._read_extensions(pool, role, url)
+            )
+
+    async def _read_extensions(self, pool: WorkerPool, role: str, url: str) -> None:
+        try:
+            response = await pool.clients[role].get(url + "/v2")
+            offers = response.status_code == 200 and MULTI_EXTENSION in (
+                response.json().get("extensions") or []
+            )
+        except Exception:  # noqa: BLE001 - anything but a clear yes means one request per model
+            offers = False
+        self._multi[url] = (offers, time.monotonic())
+
+    async def predict_combined(
+        self, routes: dict[str, Route], texts: list[str]
+    ) -> dict[str, ModelAnswer | BaseException]:
+        """Every role's answer (or its `UpstreamError`) from one combined request (`plan_combined`'s
+        routes); a role that failed inside it takes the one-model path (module doc)."""
+        pool = self._pool_for(next(iter(routes.values())))
+        started = time.perf_counter()
+        out: dict[str, ModelAnswer | BaseException] = {}
+        retry: dict[str, Route] = {}
+        try:
+            results: dict[str, InferResult | UpstreamError] = await self._call_combined(pool, routes, texts)
+        except (
+            UpstreamError
+        ) as e:  # no replica answered: stable fails as its own call would; canary falls back
+            for role, route in routes.items():
+                model = self.pool.models[role]
+                self.metrics.model_requests.labels(
+                    model, route.version or "unknown", route.role, "error"
+                ).inc()
+                if route.role == "canary":
+                    log.warning("canary %s v%s failed (%s): answering with stable", model, route.version, e)
+                    retry[role] = Route(self._stable(model), "stable")
+                else:
+                    out[role] = e
+            results = {}
+        for role, result in results.items():
+            route = routes[role]
+            if isinstance(result, InferResult):
+                try:
+                    out[role] = self._answer(role, route, result, started)
+                except UpstreamError as e:
+                    out[role] = e
+                    continue
+                if route.shadow is not None and self.shadow is not None:
+                    self.shadow.submit(role, texts, out[role], route.shadow)
+            elif result.status is not None and 400 <= result.status < 500 and result.status != 404:
+                self.metrics.model_requests.labels(
+                    self.pool.models[role], route.version or "unknown", route.role, "error"
+                ).inc()
+                out[role] = result  # the request's fault: a one-model call would be refused alike
+            else:
+                retry[role] = route  # 404 (version gone) or 5xx: the one-model path, with its retries
+        if retry:
+            answers = await asyncio.gather(
+                *(self._predict_routed(role, texts, route) for role, route in retry.items()),
+                return_exceptions=True,
+            )
+            out.update(zip(retry, answers, strict=True))
+        return out
+
+    async def _call_combined(
+        self, pool: WorkerPool, routes: dict[str, Route], texts: list[str]
+    ) -> dict[str, InferResult | UpstreamError]:
+        """One `POST /v2/multi/infer`, retried on another replica (connect error, timeout, 5xx) like a
+        one-model call; each role's breaker and upstream duration record that role's outcome."""
+        roles = list(routes)
+        models = []
+        for role in roles:
+            ref = {"name": pool.models[role]}
+            if routes[role].version:
+                ref["version"] = routes[role].version
+            models.append(ref)
+        body = json.dumps(
+            {
+                "inputs": [{"name": INPUT_NAME, "shape": [len(texts)], "datatype": "BYTES", "data": texts}],
+                "models": models,
+            },
+            ensure_ascii=False,
+        ).encode("utf-8")
+        at = {role: {r.url: r for r in pool.replicas[role]} for role in roles}
+        client = pool.clients[roles[0]]
+        last: UpstreamError | None = None
+        for attempt, replica in enumerate(pool._order(roles[0])[: pool.settings.retries + 1]):
+            if attempt:
+                for role in roles:
+                    self.metrics.upstream_retries.labels(UPSTREAM_NAMES[role]).inc()
+            started = time.perf_counter()
+            try:
+                response = await client.post(
+                    replica.url + "/v2/multi/infer",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+                if response.status_code == 200:
+                    return self._combined_results(pool, roles, at, replica.url, response.json(), started)
+                last = UpstreamError("models", "error", f"HTTP {response.status_code}", response.status_code)
+                if response.status_code < 500:  # a worker without the endpoint: one request per model
+                    self._multi[replica.url] = (False, time.monotonic())
+                    raise CombinedRefused(last.message)
+            except httpx.TimeoutException as e:
+                last = UpstreamError("models", "timeout", f"{replica.url} timed out ({type(e).__name__})")
+            except httpx.HTTPError as e:
+                last = UpstreamError("models", "error", f"{replica.url} unreachable ({type(e).__name__})")
+            except (ValueError, KeyError, TypeError) as e:
+                raise UpstreamError("models", "error", f"malformed multi-model response: {e}") from e
+            for role in roles:
+                at[role][replica.url].breaker.record_failure()
+                self._observe_upstream(role, last.outcome, started)
+        raise last or UpstreamError("models", "circuit_open", "no replica to call")
+
+    def _combined_results(
+        self, pool: WorkerPool, roles: list[str], at: dict, url: str, payload: dict, started: float
+    ) -> dict[str, InferResult | UpstreamError]:
+        results = payload["results"]
+        if len(results) != len(roles):
+            raise ValueError(f"{len(results)} results for {len(roles)} models")
+        out: dict[str, InferResult | UpstreamError] = {}
+        for role, result in zip(roles, results, strict=True):
+            breaker = at[role][url].breaker
+            if "outputs" in result:
+                version, outputs = decode_outputs(result)
+                out[role] = InferResult(version, outputs)
+                breaker.record_success()
+                self._observe_upstream(role, "ok", started)
+                continue
+            status = int(result["status"])
+            message = f"HTTP {status}: {result.get('error')}"
+            out[role] = UpstreamError(UPSTREAM_NAMES[role], "error", message, status)
+            if status >= 500:
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+            self._observe_upstream(role, "error", started)
+        return out
+
+    def _observe_upstream(self, role: str, outcome: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.upstream_duration.labels(UPSTREAM_NAMES[role], outcome).observe(elapsed)
 
     def labels_of(self, role: str, version: str) -> list[str] | None:
         """The label order of `version` of `role`'s model (None when unknown)."""

@@ -40,7 +40,7 @@ from services.faq.domain import FaqError, FaqHit, read_faq_jsonl
 from services.faq.store import FaqStore, embed_entries
 from services.gateway.breaker import CircuitBreaker
 from services.gateway.embedder import WorkerEmbedder
-from services.gateway.inference import ModelClient
+from services.gateway.inference import ModelAnswer, ModelClient
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.policy import Policy, Thresholds, faq_score
 from services.gateway.settings import GatewaySettings
@@ -296,6 +296,10 @@ class KnowledgeBase:
             raise FaqUnavailable(self.error or "not ready")
         with timings.measure("faq_embed"):
             answer = await self.models.predict("faq", texts, session_id)
+        return self.accept(answer)
+
+    def accept(self, answer: ModelAnswer) -> tuple[str, np.ndarray]:
+        """The encoder's answer, if it comes from the version the collection holds. Raises `FaqUnavailable`."""
         if answer.version != self.indexed_version:
             self.models.schedule_refresh()
             raise FaqUnavailable(

@@ -177,6 +177,64 @@ class Orchestrator:
         except FaqUnavailable:
             return encoder_down
 
+    # ── one request for the turn's models ───────────────────────────────────────────────────────────
+
+    async def _combined_turn(
+        self, text: str, top_k: int, timings: Timings, *, tenant: str, sticky_id: str | None
+    ) -> dict[str, Any] | None:
+        """The turn's three results as `chat` gathers them (each a value or its exception), the models asked in
+        ONE request (`ModelClient.plan_combined`); None when they cannot be, and `chat` calls them one by one.
+        Cache reads and writes, versions and the knowledge base's checks are those of `classify` / `embed`."""
+        faq = self.kb is not None and self.kb.ready
+        roles = ["intent", "sentiment", "faq"] if faq else ["intent", "sentiment"]
+        routes = self.models.plan_combined(roles, sticky_id)
+        if routes is None:
+            return None
+        versions = self.models.versions()
+        if faq:
+            versions["faq"] = self.kb.indexed_version
+        found = {role: await self._cached(role, text, versions.get(role), tenant) for role in roles}
+        missing = {role: route for role, route in routes.items() if found[role] is None}
+        answers: dict[str, Any] = {}
+        if missing:
+            with timings.measure("models"):
+                answers = await self.models.predict_combined(missing, [text])
+        results: dict[str, Any] = {}
+        for role in ("intent", "sentiment"):
+            if found[role] is not None:
+                v = found[role]
+                pred = ClassPrediction(v["label"], v["confidence"], v["probs"])
+                results[role] = (versions.get(role) or "unknown", [pred], True)
+            elif isinstance(answers[role], BaseException):
+                results[role] = answers[role]
+            else:
+                answer = answers[role]
+                for pred in answer.predictions or []:
+                    await self._remember(role, text, answer.version, asdict(pred), tenant)
+                results[role] = (answer.version or "unknown", list(answer.predictions or []), False)
+        if self.kb is None:
+            return results
+        if not faq:  # as `search_faq` when `embed` finds the knowledge base unprepared
+            unprepared = FaqUnavailable(self.kb.error or "not ready")
+            results["faq"] = await self._keywords_or(unprepared, [text], top_k, timings)
+            return results
+        encoder_answered = False
+        try:
+            if found["faq"] is not None:
+                version, vector = str(versions["faq"]), np.asarray(found["faq"]["embedding"], np.float32)
+            elif isinstance(answers["faq"], BaseException):
+                raise answers["faq"]
+            else:
+                version, vectors = self.kb.accept(answers["faq"])
+                vector = vectors[0]
+                await self._remember("faq", text, version, {"embedding": [float(x) for x in vector]}, tenant)
+            encoder_answered = True
+            hits = await self.kb.search_vectors([text], vector[None, :], top_k, timings, version)
+            results["faq"] = (version, hits)
+        except (UpstreamError, FaqUnavailable) as e:
+            results["faq"] = e if encoder_answered else await self._keywords_or(e, [text], top_k, timings)
+        return results
+
     # ── one chat turn ───────────────────────────────────────────────────────────────────────────────
 
     async def chat(self, key: SessionKey, text: str, timings: Timings) -> ChatResult:
@@ -184,17 +242,19 @@ class Orchestrator:
         session = await self.sessions.get(key)
         top_k = self.settings.faq_top_k
         who = {"tenant": key.tenant, "sticky_id": key.sticky_id}
-        calls = {
-            "intent": self.classify("intent", [text], timings, **who),
-            "sentiment": self.classify("sentiment", [text], timings, **who),
-        }
-        if self.kb is not None:  # None: disabled by configuration, which is not a degradation
-            calls["faq"] = self.search_faq([text], top_k, timings, **who)
-        names = list(calls)
-        results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        results = await self._combined_turn(text, top_k, timings, **who)
+        if results is None:  # one request per model
+            calls = {
+                "intent": self.classify("intent", [text], timings, **who),
+                "sentiment": self.classify("sentiment", [text], timings, **who),
+            }
+            if self.kb is not None:  # None: disabled by configuration, which is not a degradation
+                calls["faq"] = self.search_faq([text], top_k, timings, **who)
+            gathered = await asyncio.gather(*calls.values(), return_exceptions=True)
+            results = dict(zip(calls, gathered, strict=True))
         answers: dict[str, Any] = {}
         degraded: list[str] = []
-        for name, result in zip(names, results, strict=True):
+        for name, result in results.items():
             if isinstance(result, (UpstreamError, FaqUnavailable)):
                 degraded.append(DOWN_MODES[name])
                 self._degraded_log.warning(name, "chat turn degraded, %s: %s", name, result)
