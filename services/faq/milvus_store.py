@@ -30,6 +30,7 @@ so a check never misses another process's committed write.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -67,7 +68,7 @@ from services.faq.milvus_schema import (
     row_id,
     to_rows,
 )
-from services.faq.milvus_search import run_search
+from services.faq.milvus_search import SearchCache, bump, revision, run_search
 from services.faq.scoring import HybridRanker, group_by_faq
 from services.faq.store import (
     FaqStore,
@@ -84,6 +85,19 @@ log = logging.getLogger(__name__)
 QUERY_LIMIT = 16384  # Milvus' cap on offset + limit
 WRITE_CHUNK = 500
 FILTER_CHUNK = 200
+
+
+def _bumps_revision(write):
+    """After the write (done or failed half-way), cached searches at this uri are stale (`milvus_search`)."""
+
+    @functools.wraps(write)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return write(self, *args, **kwargs)
+        finally:
+            bump(self.uri)
+
+    return wrapper
 
 
 class MilvusFaqStore(FaqStore):
@@ -105,10 +119,13 @@ class MilvusFaqStore(FaqStore):
         admin_consistency_level: str = "Strong",
         dense_index_type: str = "AUTOINDEX",
         timeout_s: float = 10.0,
+        search_cache_size: int = 0,
+        search_cache_ttl_s: float = 10.0,
     ):
         """`physical_collection` opens (creating it if missing) that exact collection instead of the alias:
         what `reindex` builds. `bm25`: None = detect, False = dense only, True = refuse to run without.
-        `oversample`: phrasing rows fetched per FAQ wanted, before grouping."""
+        `oversample`: phrasing rows fetched per FAQ wanted, before grouping. `search_cache_size` (0 = off) /
+        `search_cache_ttl_s`: recent search answers by knowledge-base revision (`milvus_search.SearchCache`)."""
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", collection_alias):
             raise StoreUnavailable(f"collection alias {collection_alias!r}: letters, digits and _ only")
         self.uri, self.alias, self.dim = uri, collection_alias, embedder_dim
@@ -122,6 +139,7 @@ class MilvusFaqStore(FaqStore):
         self._closed, self._name = False, None
         self._via_alias, self.bm25_supported = False, False
         self._reload_lock = threading.Lock()
+        self._cache = SearchCache(search_cache_size, search_cache_ttl_s)
         self._conn = MilvusConnection(uri, token, timeout_s)
         self._client = ReloadingClient(self._conn.client, self._reload)
         self.backend, self.server_version = self._conn.backend, self._conn.server_version
@@ -133,6 +151,7 @@ class MilvusFaqStore(FaqStore):
 
     # ── FaqStore ────────────────────────────────────────────────────────────────────────────────────
 
+    @_bumps_revision
     def upsert(self, entries: Sequence[FaqEntry], vectors: Sequence[np.ndarray]) -> int:
         owner = check_batch(entries)
         vecs = check_vectors(entries, vectors, self.dim)
@@ -153,6 +172,7 @@ class MilvusFaqStore(FaqStore):
                 )
         return len(rows)
 
+    @_bumps_revision
     def bulk_insert(self, entries: Sequence[FaqEntry], vectors: Sequence[np.ndarray]) -> int:
         """Insert into an empty collection being built (`reindex`): no duplicate lookups, no stale deletes.
         The caller has checked the whole knowledge base with `check_batch`."""
@@ -162,6 +182,7 @@ class MilvusFaqStore(FaqStore):
                 self._client.insert(self._name, rows[i : i + WRITE_CHUNK], timeout=self._timeout)
         return len(rows)
 
+    @_bumps_revision
     def delete(self, faq_ids: Sequence[str]) -> int:
         ids = [i for i in dict.fromkeys(faq_ids) if isinstance(i, str) and re.match(FAQ_ID_PATTERN, i)]
         gone = 0
@@ -219,6 +240,17 @@ class MilvusFaqStore(FaqStore):
         if mode == "bm25" and not words:
             return []
         limit = min(top_k * self.oversample, QUERY_LIMIT)
+        key = (
+            revision(self.uri),
+            self._name,
+            mode,
+            top_k,
+            limit,
+            words,
+            b"" if vec is None else vec.tobytes(),
+        )
+        if (cached := self._cache.get(key)) is not None:
+            return cached
         for attempt in (1, 2):
             try:
                 ranked = run_search(
@@ -232,7 +264,9 @@ class MilvusFaqStore(FaqStore):
                     time.sleep(0.05)
                     continue
                 raise StoreUnavailable(f"milvus search failed: {e}") from e
-        return [hit_from(c, mode) for c in group_by_faq(ranked, top_k)]
+        hits = [hit_from(c, mode) for c in group_by_faq(ranked, top_k)]
+        self._cache.put(key, hits)
+        return hits
 
     def count(self) -> int:
         with backend_call("count"):
@@ -340,6 +374,7 @@ class MilvusFaqStore(FaqStore):
         with backend_call("has_collection"):
             return bool(self._client.has_collection(name))
 
+    @_bumps_revision
     def point_alias(self, alias: str) -> None:
         """Point `alias` at this store's physical collection (create or alter)."""
         target = self.physical_collection
@@ -349,6 +384,7 @@ class MilvusFaqStore(FaqStore):
             else:
                 self._client.create_alias(target, alias)
 
+    @_bumps_revision
     def drop_collection(self, name: str) -> None:
         with backend_call("drop_collection"):
             self._client.drop_collection(name)

@@ -53,6 +53,17 @@ class FaqSettings(BaseSettings):
     )
     dense_index_type: str = Field("AUTOINDEX", description="index of the dense field (FLAT = exact)")
     timeout_s: float = Field(10.0, gt=0, description="per-call timeout towards Milvus")
+    search_cache_size: int = Field(
+        4096,
+        ge=0,
+        description="recent search answers kept in this process, keyed by knowledge-base revision (a write "
+        "through this process is seen at once); 0 = every search goes to Milvus",
+    )
+    search_cache_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        description="how long a cached search answer lives: writes by other processes show within this",
+    )
 
     def open_store(self):
         """The `MilvusFaqStore` these settings describe (opening the alias, creating it on first use)."""
@@ -73,4 +84,6 @@ class FaqSettings(BaseSettings):
             admin_consistency_level=self.admin_consistency_level,
             dense_index_type=self.dense_index_type,
             timeout_s=self.timeout_s,
+            search_cache_size=self.search_cache_size,
+            search_cache_ttl_s=self.search_cache_ttl_s,
         )
