@@ -18,6 +18,9 @@ Admission is bounded: a full queue refuses at once (`Overloaded`); an entry whos
 queued is failed with `DeadlineExceeded` and never runs; a cancelled caller's entry is dropped before it reaches
 the engine. A failing batch fails only its own entries, and the loop lives on. Outputs are checked one-to-one
 against inputs.
+
+Every time the batcher reads or waits for (arrivals, the queue delay, deadlines) comes from its `Clock`:
+`MonotonicClock` in production, a clock the test moves by hand in tests (timing checked logically, no sleeps).
 """
 
 from __future__ import annotations
@@ -28,12 +31,31 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.worker.errors import DeadlineExceeded, InferenceFailed, Overloaded, WorkerError
 
 log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Where the batcher's time comes from: `now()` in seconds (monotonic) and `timeout_at(when)`, an async
+    context manager that raises TimeoutError when `now()` reaches `when` (as `asyncio.timeout_at` does)."""
+
+    def now(self) -> float: ...
+    def timeout_at(self, when: float) -> contextlib.AbstractAsyncContextManager: ...
+
+
+class MonotonicClock:
+    """`time.monotonic()`; waits run on the event loop's own timer."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def timeout_at(self, when: float) -> asyncio.Timeout:
+        loop = asyncio.get_running_loop()
+        return asyncio.timeout_at(loop.time() + (when - time.monotonic()))
 
 
 class BatchObserver(Protocol):
@@ -59,9 +81,9 @@ class _NullObserver:
 class Entry:
     item: Any
     cost: int
-    deadline: float | None  # loop.time() based
+    deadline: float | None  # clock time
     future: asyncio.Future
-    arrived: float = field(default_factory=time.monotonic)
+    arrived: float  # clock time
 
 
 @dataclass(frozen=True)
@@ -90,8 +112,10 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         executor: Executor | None = None,
         name: str = "batcher",
+        clock: Clock | None = None,
     ):
         self._run_batch = run_batch
+        self._clock = clock or MonotonicClock()
         self.config = config
         self._observer = observer or _NullObserver()
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -101,7 +125,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._running_batch = False
-        self._previous_arrival = -float("inf")  # monotonic time of the entry before the newest one
+        self._previous_arrival = -float("inf")  # clock time of the entry before the newest one
         self._last_arrival = -float("inf")
         self.name = name
 
@@ -159,8 +183,9 @@ class DynamicBatcher:
         """Queue one item and wait for its result. Raises Overloaded at once when the queue is full."""
         self.reserve(1)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s if timeout_s is not None else None
-        entry = Entry(item, cost, deadline, loop.create_future())
+        now = self._clock.now()
+        deadline = now + timeout_s if timeout_s is not None else None
+        entry = Entry(item, cost, deadline, loop.create_future(), now)
         self._previous_arrival, self._last_arrival = self._last_arrival, entry.arrived
         self._queue.append(entry)
         self._observer.queue_depth(len(self._queue))
@@ -168,7 +193,7 @@ class DynamicBatcher:
         try:
             if deadline is None:
                 return await entry.future
-            async with asyncio.timeout_at(deadline):
+            async with self._clock.timeout_at(deadline):
                 return await asyncio.shield(entry.future)
         except TimeoutError:
             entry.future.cancel()
@@ -181,7 +206,7 @@ class DynamicBatcher:
 
     def _prune(self) -> None:
         """Drop cancelled entries and fail expired ones before they cost engine time."""
-        now = asyncio.get_running_loop().time()
+        now = self._clock.now()
         keep = []
         for entry in self._queue:
             if entry.future.done():
@@ -196,7 +221,6 @@ class DynamicBatcher:
 
     async def _wait_for_batch(self) -> None:
         """Return when the queue holds a full batch or the first waiting entry has waited max_queue_delay_ms."""
-        loop = asyncio.get_running_loop()
         delay = self.config.max_queue_delay_ms / 1000
         first = self._queue[0]
         if (
@@ -205,14 +229,14 @@ class DynamicBatcher:
             and first.arrived - self._previous_arrival > delay
         ):
             return  # a lone request on a quiet server: company is unlikely, do not make it wait
-        first_arrival = loop.time() - (time.monotonic() - first.arrived)
+        until = first.arrived + delay
         while len(self._queue) < self.config.max_batch_size and not self._closing:
-            remaining = first_arrival + delay - loop.time()
-            if remaining <= 0:
+            if until - self._clock.now() <= 0:
                 return
             self._wakeup.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            with contextlib.suppress(TimeoutError):
+                async with self._clock.timeout_at(until):
+                    await self._wakeup.wait()
             self._prune()
             if not self._queue:
                 return
@@ -249,7 +273,7 @@ class DynamicBatcher:
             if not self._queue:
                 continue
             batch = self._take_batch()
-            now = time.monotonic()
+            now = self._clock.now()
             self._observer.batch_started(len(batch), [now - e.arrived for e in batch])
             self._running_batch = True
             started = time.perf_counter()
