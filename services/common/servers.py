@@ -95,6 +95,16 @@ async def serve_all(servers: list[uvicorn.Server]) -> int:
 def run_servers(
     specs: list[ServerSpec], *, max_header_bytes: int, log_level: str = "info", **config: Any
 ) -> int:
-    """`build_servers` + `serve_all` in a new event loop; returns the exit code."""
+    """`build_servers` + `serve_all` in a new event loop (uvloop when installed, as uvicorn's `loop="auto"`
+    picks; issue 15); returns the exit code."""
     servers = build_servers(specs, max_header_bytes=max_header_bytes, log_level=log_level, **config)
-    return asyncio.run(serve_all(servers))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve_all(servers))
+
+
+def _loop_factory():
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the serving set; plain asyncio works too
+        return None
+    return uvloop.new_event_loop
