@@ -18,8 +18,28 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 
 
+# Fixtures that train (here and in test modules): a test using one is `slow`, so `make test-fast` never trains.
+TRAINING_FIXTURES = {"classifier_checkpoint", "encoder_checkpoint", "model_repo", "wide_repo"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     install_skip_gate(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse the run when a test that trains (through a fixture of TRAINING_FIXTURES) is not marked slow."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests train a model (fixtures " + ", ".join(sorted(TRAINING_FIXTURES)) + ") but are not "
+            "marked slow, so `make test-fast` would train: mark them @pytest.mark.slow: "
+            + ", ".join(unmarked)
+        )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

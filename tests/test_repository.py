@@ -23,6 +23,7 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     assert "max_batch_size" in str(e.value) and "bogus" in str(e.value)
 
 
+@pytest.mark.slow  # model_repo trains and exports the tiny models
 def test_gpu_and_tensorrt_guarded_on_cpu_build(model_repo):
     import paddle
 
