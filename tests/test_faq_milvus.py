@@ -21,6 +21,7 @@ from services.faq.milvus_store import MilvusFaqStore
 from services.faq.reindex import reindex
 from services.faq.store import embed_entries
 from services.faq.testing import FailingEmbedder, HashingEmbedder, load_demo_kb
+from tests import demo_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 64
@@ -100,7 +101,7 @@ def test_data_survives_close_and_reopen(tmp_path):
 
     again = open_store(uri)
     try:
-        assert again.count() == 91 and again.row_count() == 426
+        assert again.count() == demo_kb.FAQS and again.row_count() == demo_kb.ROWS
         assert again.physical_collection == collection
         assert again.get("faq-004") == next(e for e in KB if e.faq_id == "faq-004")
         after = again.search(QUERY, V1.embed([QUERY])[0], top_k=3)
@@ -157,7 +158,7 @@ def test_reindex_switches_the_alias_under_concurrent_searches(tmp_path):
         assert after and all(m == {"[v2]"} for m in after)
 
         assert report.previous == old and report.collection.startswith("faq_hash64v2_")
-        assert report.faqs == 91 and report.rows == 426 and report.left_behind == []
+        assert report.faqs == demo_kb.FAQS and report.rows == demo_kb.ROWS and report.left_behind == []
         assert serving.physical_collection == report.collection
         assert serving.list_collections() == [report.collection]
         assert serving.health()["embedder_version"] == V2.version
@@ -182,11 +183,11 @@ def test_failed_reindex_leaves_the_old_collection_serving(tmp_path):
             store.bulk_insert = lambda entries, vectors: insert(entries[:-1], vectors[:-1])
             return store
 
-        with pytest.raises(ReindexFailed, match="expected 426 / 91"):
+        with pytest.raises(ReindexFailed, match=f"expected {demo_kb.ROWS} / {demo_kb.FAQS}"):
             reindex(lossy, KB, V2, "faq", batch_size=50)
         assert serving.physical_collection == old
         assert serving.list_collections() == [old]
-        assert serving.count() == 91
+        assert serving.count() == demo_kb.FAQS
     finally:
         serving.close()
 
@@ -438,7 +439,7 @@ def test_rebuild_from_stored_vectors_fixes_bm25_ranking_of_faqs_written_after_a_
 
         entries = [*KB, new]
         report = reindex(factory(uri, V1), entries, StoredVectors(store, V1.version), "faq", drop_grace_s=0)
-        assert report.rows == 427 and report.faqs == 92
+        assert report.rows == demo_kb.ROWS + 1 and report.faqs == demo_kb.FAQS + 1
         after = [h.faq_id for h in store.search(new.question, None, 3, "bm25")]
         dense_after = [
             (h.faq_id, round(h.score, 5)) for h in store.search(QUERY, V1.embed([QUERY])[0], 5, "dense")
@@ -449,6 +450,6 @@ def test_rebuild_from_stored_vectors_fixes_bm25_ranking_of_faqs_written_after_a_
         missing = FaqEntry(faq_id="faq-901", question="从没存过的问题", answer="无")
         with pytest.raises(ReindexFailed, match="no stored vector"):
             reindex(factory(uri, V1), [*entries, missing], StoredVectors(store, V1.version), "faq")
-        assert store.count() == 92  # the failed rebuild left the serving collection alone
+        assert store.count() == demo_kb.FAQS + 1  # the failed rebuild left the serving collection alone
     finally:
         store.close()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import demo_kb
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90
 
@@ -177,7 +179,7 @@ def test_store_on_milvus_2_3_runs_dense_only():
     assert health["ok"] is True and health["backend"] == "milvus"
     assert health["server_version"].lstrip("v").startswith("2.3")
     assert health["bm25_supported"] is False and health["ranker"] is None  # dense-only fallback
-    assert out["written"] == 91 + 335 and out["count"] == 91 and health["rows"] == 426
+    assert out["written"] == demo_kb.ROWS and out["count"] == demo_kb.FAQS and health["rows"] == demo_kb.ROWS
     assert out["dense"][0][:3] == ["faq-004", "能不能发顺丰", "dense"]
     assert out["dense"][0][3] == pytest.approx(1.0, abs=1e-3)
     assert out["hybrid"][0] == ["faq-004", "dense"] and {s for _, s in out["hybrid"]} == {"dense"}
@@ -187,9 +189,9 @@ def test_store_on_milvus_2_3_runs_dense_only():
     assert out["new_top"] == "faq-900"  # the writer: at once
     other = out["other_process"]  # another process: within a second, at the default Session consistency
     assert other["consistency"] == "Session" and other["seen_after_s"] is not None, other
-    assert out["deleted"] == 1 and out["count_after"] == 91
+    assert out["deleted"] == 1 and out["count_after"] == demo_kb.FAQS
     # killed and restarted on the same port and data: the same client serves again, on its own (issue 14.1;
     # measured 28 s after the restarted server said healthy on the 2-core dev machine: Milvus recovers first)
     assert out["while_down"] == "StoreUnavailable" and out["probe_down"] is True and out["same_port"] is True
     assert out["back_after_s"] is not None, out.get("last_error")
-    assert out["back_top"] == "faq-004" and out["probe_back"] is None and out["count_back"] == 91
+    assert out["back_top"] == "faq-004" and out["probe_back"] is None and out["count_back"] == demo_kb.FAQS

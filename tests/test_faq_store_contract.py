@@ -19,6 +19,7 @@ from services.faq.milvus_store import MilvusFaqStore
 from services.faq.scoring import HybridRanker
 from services.faq.store import FaqStore, InMemoryFaqStore, embed_entries
 from services.faq.testing import ConstantEmbedder, HashingEmbedder, load_demo_kb
+from tests import demo_kb
 
 DIM = 64
 EMB = HashingEmbedder(DIM)
@@ -62,7 +63,7 @@ def store(request, tmp_path):
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def kb_store(request, tmp_path_factory):
-    """The demo knowledge base (91 FAQs) with hashed n-gram vectors; read-only tests share it."""
+    """The demo knowledge base (data/faq_kb_demo) with hashed n-gram vectors; read-only tests share it."""
     s = open_store(request.param, tmp_path_factory.mktemp("kb"))
     assert put(s, *KB) == sum(len(e.phrasings) for e in KB)
     yield s
@@ -282,7 +283,7 @@ def test_punctuation_only_query_falls_back_to_dense(kb_store):
 def test_health(kb_store):
     h = kb_store.health()
     assert h["ok"] is True and h["bm25_supported"] is True
-    assert h["rows"] == 91 + 335 and h["faqs"] == 91
+    assert h["rows"] == demo_kb.ROWS and h["faqs"] == demo_kb.FAQS
     assert {"backend", "collection"} <= set(h)
 
 

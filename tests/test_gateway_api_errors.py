@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from services.faq.domain import StoreUnavailable
 from services.faq.store import InMemoryFaqStore
+from tests import demo_kb
 from tests.gateway_app import A, B, Gateway, build, headers
 from tests.gateway_fakes import DEMO_KEY, demo_store
 
@@ -45,7 +46,7 @@ def test_scopes(gw):
     r = gw.client.get("/admin/faq/faqs", headers=headers("chat-only-key-0001"))
     assert_error(r, 403, "forbidden")
     r = gw.client.get("/admin/faq/faqs?limit=2", headers=headers("admin-only-key-0001"))
-    assert r.status_code == 200 and r.json()["total"] == 91
+    assert r.status_code == 200 and r.json()["total"] == demo_kb.FAQS
     assert_error(gw.client.get("/admin/faq/faqs"), 401, "unauthorized")
 
 

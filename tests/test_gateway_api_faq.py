@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from services.faq.domain import StoreUnavailable
 from services.faq.store import InMemoryFaqStore, embed_entries
 from services.faq.testing import DEMO_KB, load_demo_kb
+from tests import demo_kb
 from tests.gateway_app import Gateway, build, headers
 from tests.gateway_fakes import EMBEDDER
 
@@ -49,7 +50,7 @@ def test_admin_api_is_mounted_and_its_writes_are_searchable_at_once(tmp_path):
             "/v1/chat", json={"session_id": "a", "text": "可以用数字人民币付款吗？"}, headers=headers()
         )
         assert r.json()["action"] == "answer" and r.json()["faq_hits"][0]["faq_id"] == "faq-900"
-        assert client.get("/admin/faq/health", headers=headers()).json()["faqs"] == 92
+        assert client.get("/admin/faq/health", headers=headers()).json()["faqs"] == demo_kb.FAQS + 1
         r = client.post("/admin/faq/faqs", json={"faq_id": "x"}, headers=headers())
         assert r.status_code == 400 and set(r.json()["error"]) == {"code", "message", "request_id"}
 
@@ -58,9 +59,12 @@ def test_an_empty_store_is_seeded_from_the_seed_file(tmp_path):
     store = InMemoryFaqStore(32)
     app, fake, registry = build(tmp_path, store=store, faq_seed_file=DEMO_KB)
     with TestClient(app) as client:
-        assert store.count() == 91
+        assert store.count() == demo_kb.FAQS
         assert TestClient(app.state.internal_app).get("/readyz").json()["knowledge_base"]["ready"] is True
-        assert Gateway(app, client, fake, registry, store).sample("kefu_faq_entries", kind="faqs") == 91
+        assert (
+            Gateway(app, client, fake, registry, store).sample("kefu_faq_entries", kind="faqs")
+            == demo_kb.FAQS
+        )
 
 
 def test_thresholds_come_from_the_encoder_versions_calibration(tmp_path):
@@ -102,7 +106,7 @@ def test_a_collection_of_another_encoder_version_is_reindexed_before_serving(tmp
     app, fake, registry = build(tmp_path, store=store)
     app.state.kb._reindexer = reindexer
     with TestClient(app) as client:
-        assert reindexer.runs == [("faq-v1", 91)]
+        assert reindexer.runs == [("faq-v1", demo_kb.FAQS)]
         r = client.post("/v1/chat", json={"session_id": "a", "text": "下单后多久发货？"}, headers=headers())
         assert r.json()["action"] == "answer"
 
@@ -136,7 +140,7 @@ def test_a_new_encoder_version_is_not_searched_against_old_vectors(tmp_path):
             "faq_keywords_only"
         ]  # v2 vectors must not meet a v1 collection: BM25 only
         asyncio.run(app.state.kb.refresh())
-        assert reindexer.runs == [("faq-v2", 91)]
+        assert reindexer.runs == [("faq-v2", demo_kb.FAQS)]
         body = chat("怎么查看物流信息？")
         assert body["action"] == "answer" and body["model_versions"]["faq"] == "2"
 
