@@ -299,7 +299,9 @@ def free_port() -> int:
 class LocalStack:
     """`services.gateway.stack` on free ports, cache off, with a fresh high-rate API key."""
 
-    def __init__(self, repository: Path, workdir: Path, worker_processes: int):
+    def __init__(
+        self, repository: Path, workdir: Path, worker_processes: int, extra_env: tuple[str, ...] = ()
+    ):
         self.key = "bench-" + secrets.token_urlsafe(16)
         keys = workdir / "api_keys.yaml"
         digest = hashlib.sha256(self.key.encode()).hexdigest()
@@ -336,6 +338,8 @@ class LocalStack:
             f"KEFU_GATEWAY_API_KEYS_FILE={keys}",
         ]
         argv += ["--extra-env", "KEFU_GATEWAY_LOG_LEVEL=warning"]
+        for pair in extra_env:
+            argv += ["--extra-env", pair]
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def wait_ready(self, timeout_s: float) -> dict:
@@ -379,6 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-processes", type=int, default=1, help="worker server processes (local stack)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of the local stack's gateway, e.g. KEFU_FAQ_SEARCH_CACHE_SIZE=0 (repeatable)",
+    )
+    p.add_argument(
         "--driver",
         choices=("wrk", "python"),
         default="wrk" if shutil.which("wrk") else "python",
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             url, key, internal_url = args.url.rstrip("/"), args.key, args.internal_url.rstrip("/")
         else:
             print(f">> starting the local stack (logs in {workdir})", flush=True)
-            stack = LocalStack(args.repository.resolve(), workdir, args.worker_processes)
+            stack = LocalStack(args.repository.resolve(), workdir, args.worker_processes, tuple(args.env))
             stack.wait_ready(900)
             url, key, internal_url = stack.url, stack.key, stack.internal_url
         info = httpx.get(
@@ -438,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "gateway /v1/chat closed loop",
         "target": args.url or "local stack (cache off)",
         "driver": args.driver,
+        "env": args.env,
         "messages": len(texts),
         "duration_s": args.duration,
         "warmup_s": args.warmup,

@@ -8,8 +8,10 @@ A turn runs intent, sentiment and (embed → store search) at the same time. Eac
 response cache when it can: entries are per tenant, text and model, keyed by the caller's tenant, the
 normalised text and the version of the model that computed them (`cache_key`), so a version change never reads
 an answer of the old version and one tenant's traffic never shows in another's cache hits.
-The knowledge-base search itself is never cached (only the query embedding), so an FAQ edited through the
-admin API is served at once.
+The knowledge-base search is not in this cache (only the query embedding); the FAQ store's own search cache
+is keyed by the knowledge base's revision (`services/faq/milvus_search.py`), so an FAQ edited through the admin
+API is served at once. When the turn's models share their workers they are asked in one request
+(`_combined_turn`, `ModelClient.plan_combined`).
 
 Degradation (each counted in `kefu_gateway_degraded_total{mode}` and listed in the answer's `degraded`):
 - FAQ encoder down, store up               → BM25-only hits with their own thresholds (`faq_keywords_only`;
