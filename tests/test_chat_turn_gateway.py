@@ -1,19 +1,32 @@
 """One model request per chat turn (issue 15): the gateway sends intent, sentiment and the FAQ encoder as ONE
 `POST /v2/multi/infer` when they live at the same worker URLs and the workers offer it, with the same answers,
 versions, canary routing, metrics and degradation as one request per model. Fake workers (tests/gateway_fakes)
-that also speak the multi-model request."""
+that also speak the multi-model request, and one real worker process (shipped tokenizers, fake backend)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 import tests.gateway_app as gateway_app
 from services.canary.backends import write_atomic
+from services.gateway.inference import ModelClient
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.settings import GatewaySettings
+from services.gateway.upstream import WorkerPool
 from tests.gateway_app import Gateway, build
 
 TEXTS = ["我的快递到哪了", "我要投诉，太差了", "怎么申请退款", "运费怎么算", "转人工", "物流太慢了，气死了"]
@@ -195,3 +208,66 @@ def test_different_worker_urls_per_model_get_one_request_per_model(gateways):
     warm(gw)
     turn(gw, "运费怎么算")
     assert gw.fake.multi == [] and len(gw.fake.single) == 3
+
+
+@pytest.fixture(scope="module")
+def real_worker(tmp_path_factory):
+    """`python -m services.worker` over the shipped models with the fake backend (real tokenizers, real HTTP)."""
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    root = Path(__file__).resolve().parent.parent
+    port, internal = free_port(), free_port()
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**os.environ, "KEFU_WORKER_INTERNAL_PORT": str(internal), "KEFU_WORKER_LOG_LEVEL": "info"}
+    argv = [sys.executable, "-m", "services.worker", "--repository", str(root / "models" / "shipped")]
+    argv += ["--backend", "fake", "--port", str(port), "--log-level", "info"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", log_path
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_the_gateway_client_and_the_real_worker_speak_the_same_combined_request(real_worker):
+    """Against a real worker: once its extension is read, one combined request answers exactly what three
+    one-model calls answer (versions, labels, probabilities, embeddings)."""
+    url, log_path = real_worker
+    roles = ["intent", "sentiment", "faq"]
+
+    async def main():
+        settings = GatewaySettings(workers={role: [url] for role in roles})
+        pool = WorkerPool(settings, GatewayMetrics(CollectorRegistry()))
+        models = ModelClient(pool, pool.metrics)
+        try:
+            await pool.refresh()
+            assert models.plan_combined(roles, "s-1") is None  # extensions not known yet: asked now
+            await asyncio.gather(*models._multi_probes.values())
+            routes = models.plan_combined(roles, "s-1")
+            assert routes is not None
+            text = ["我买的耳机一直没发货，物流也不更新，怎么回事"]
+            combined = await models.predict_combined(routes, text)
+            for role in roles:
+                one = await models.predict(role, text, "s-1")
+                both = combined[role]
+                assert (both.version, both.predictions) == (one.version, one.predictions)
+                if one.embeddings is not None:
+                    assert both.embeddings.tolist() == one.embeddings.tolist()
+        finally:
+            await pool.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert "POST /v2/multi/infer" in log_path.read_text()
