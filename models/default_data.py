@@ -8,7 +8,9 @@ data/sentiment/{train,dev}.jsonl  = 3-class customer-service sentiment (negative
 data/intent/train.jsonl           = intent_cs_demo train + the demo KB's standard questions and alternatives of the
                                     request categories (物流查询 … 账户/密码), labelled with their category
 data/faq_pairs/{train,dev}.jsonl  = atec_nlp_sim pairs (train / dev) + pairs from the demo FAQ knowledge base:
-                                    (standard question, alternative phrasing) in train,
+                                    in train every two phrasings of one FAQ (standard question and alternatives,
+                                    label 1) and, per phrasing, the 5 phrasings of other FAQs BM25 ranks highest
+                                    (label 0, source faq_kb_demo_bm25: the encoder's hard negatives);
                                     (standard question, held-out user query) in dev.
 BQ corpus is not shipped: its terms allow academic research use on application only.
 """
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 from models.corpus import read_records
+from models.hard_negatives import mine_hard_negatives
 from models.sentiment_data import REQUEST_INTENTS, build_split
 
 
@@ -50,6 +53,27 @@ def intent_train_rows(data: Path, faq: list[dict]) -> list[dict]:
     return [r for r in rows if not (r["text"] in seen or seen.add(r["text"]))]
 
 
+def faq_train_rows(faq: list[dict], hard_negatives: int = 5) -> list[dict]:
+    """Knowledge-base pairs for the encoder: every two phrasings of one FAQ (question first, then alternatives in
+    order) as positives, then for each phrasing that starts a pair its `hard_negatives` BM25 neighbours among the
+    other FAQs' phrasings as label-0 rows. Different FAQs of one knowledge base never mean the same, so these
+    negatives are true ones (mined ATEC neighbours are not: `models/hard_negatives.py`)."""
+    positives = []
+    for f in faq:
+        texts = list(dict.fromkeys((f["question"], *f["alternatives"])))
+        positives += [(a, b) for i, a in enumerate(texts) for b in texts[i + 1 :]]
+    rows = [{"text_a": a, "text_b": b, "label": 1, "source": "faq_kb_demo"} for a, b in positives]
+    corpus = [t for f in faq for t in (f["question"], *f["alternatives"])]
+    done: set[str] = set()
+    for (anchor, _), mined in zip(
+        positives, mine_hard_negatives(positives, corpus, hard_negatives), strict=True
+    ):
+        if anchor not in done:
+            done.add(anchor)
+            rows += [{"text_a": anchor, "text_b": t, "label": 0, "source": "faq_kb_demo_bm25"} for t in mined]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.default_data", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True)
@@ -67,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         {**rec, "source": "atec_nlp_sim"}
         for _, rec in read_records(args.data / "atec_nlp_sim" / "train.jsonl")
     ]
-    train += [
-        {"text_a": f["question"], "text_b": alt, "label": 1, "source": "faq_kb_demo"}
-        for f in faq
-        for alt in f["alternatives"]
-    ]
+    train += faq_train_rows(faq)
     dev = [
         {**rec, "source": "atec_nlp_sim"} for _, rec in read_records(args.data / "atec_nlp_sim" / "dev.jsonl")
     ]

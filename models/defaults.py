@@ -56,7 +56,14 @@ DEFAULTS = [
         "embedding",
         DATA / "faq_pairs" / "train.jsonl",
         DATA / "faq_pairs" / "dev.jsonl",
-        options={"max_seq_len": 48, "epochs": 8, "batch_size": 64, "lr": 3e-4, "patience": 3},
+        options={
+            "max_seq_len": 48,
+            "epochs": 8,
+            "batch_size": 64,
+            "lr": 3e-4,
+            "patience": 3,
+            "hard_negatives": 5,  # the KB's BM25-mined label-0 rows (and ATEC's own) in the loss
+        },
     ),
 ]
 
