@@ -3,7 +3,7 @@
 Two ports, one process, shared state: the public port (the API, /healthz, a status-only /readyz, /docs in
 development) and the internal port (/metrics, /healthz, the detailed /readyz) for Prometheus and probes. Both
 refuse a request head over `max_header_bytes` with 431 before reading more (services/common/http_limits.py).
-Overload (admission.py) is refused fast: the server takes at most `max_connections` connections + requests
+Overload (admission.py) is refused fast: the server takes at most `server_limit_concurrency` connections + requests
 (uvicorn's `limit_concurrency`), with `backlog` and `keep_alive_s`; the admission gate answers 503 before any
 other work when the process is full or its event loop lags.
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_headers=False,  # the edge reads X-Forwarded-For itself, from KEFU_GATEWAY_TRUSTED_PROXIES only
         # what comes before admission control (admission.py) is bounded too: connections + requests the server
         # takes (past it: its own 503), connections waiting to be accepted, idle keep-alive connections
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=settings.server_limit_concurrency,
         backlog=settings.backlog,
         timeout_keep_alive=settings.keep_alive_s,
     )

@@ -196,7 +196,7 @@ class GatewaySettings(BaseSettings):
         description="with every slot taken: event-loop lag (the process is out of CPU) past which new /v1 "
         "requests get 503 overloaded at once instead of queueing (0 = off)",
     )
-    max_connections: int = Field(
+    server_limit_concurrency: int = Field(
         2048,
         ge=1,
         description="open connections + requests the HTTP server takes (uvicorn limit_concurrency); past it, a "

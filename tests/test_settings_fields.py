@@ -1,0 +1,38 @@
+"""A settings class that declares a field twice silently keeps the last declaration (the gateway's upstream
+pool size was once replaced by the HTTP server's connection limit this way): every settings module is parsed
+and each class's field names must be unique."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def duplicate_fields(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.ClassDef):
+            seen: set[str] = set()
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                    name = stmt.target.id
+                    if name in seen:
+                        found.append(f"{path.relative_to(ROOT)}: {node.name}.{name}")
+                    seen.add(name)
+    return found
+
+
+def test_no_settings_field_is_declared_twice():
+    modules = sorted(ROOT.glob("services/**/settings.py")) + [ROOT / "services" / "gateway" / "edge.py"]
+    assert len(modules) >= 4
+    assert [d for m in modules for d in duplicate_fields(m)] == []
+
+
+def test_the_upstream_pool_and_the_server_limit_are_separate_settings():
+    from services.gateway.settings import GatewaySettings
+
+    s = GatewaySettings()
+    assert s.max_connections == 100  # pooled connections per role towards the workers
+    assert s.server_limit_concurrency == 2048  # uvicorn's limit_concurrency
