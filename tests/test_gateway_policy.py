@@ -192,6 +192,13 @@ def test_a_complaint_answered_by_its_faq_is_not_handed_over_for_its_negative_ton
     angry = POLICY.sentiment.negative_handoff_at  # as negative as a complaint gets
     d = decide(POLICY, th, Signals(intent("投诉"), angry, [COMPLAINT_FAQ], text="快递员骂人 在哪投诉"))
     assert d.action == "answer" and d.hits[0].faq_id == "faq-059"
+    # the same complaint stated, not asked: the negative tone hands it over
+    stated = decide(
+        POLICY, th, Signals(intent("投诉"), angry, [COMPLAINT_FAQ], text="快递员骂人！我要投诉！")
+    )
+    assert stated.handoff_reason == "negative_sentiment"
+    calm = decide(POLICY, th, Signals(intent("投诉"), 0.1, [COMPLAINT_FAQ], text="快递员骂人，我要投诉"))
+    assert calm.action == "answer"
     # the same tone on another topic still hands over; so does a complaint the KB cannot answer
     other = decide(POLICY, th, Signals(intent("物流查询"), angry, [hit("f1", 0.9)]))
     assert other.handoff_reason == "negative_sentiment"

@@ -5,8 +5,9 @@ The rules, first match wins:
 1. the intent is one of `intent.handoff` (e.g. 投诉 → complaint, 转人工 → requested_human) with probability at
    least `intent.handoff_min_confidence`                                    → handoff, reason from the table
    — unless `intent.answer_handoff_faqs` and the best FAQ is an answer (rule 3) of that very category
-     (the knowledge base answers "在哪投诉快递员": the customer gets that answer, not a queue, and rule 2 does
-     not overrule it: a question about how to complain reads negative by nature)
+     (the knowledge base answers "在哪投诉快递员": the customer gets that answer, not a queue; when the message
+     asks a question (`intent.question_markers`) rule 2 does not overrule it either: a question about how to
+     complain reads negative by nature, while "我要投诉！态度恶劣" states a complaint and still goes to a human)
 2. P(negative sentiment) >= the sentiment threshold of the version that answered
    (`sentiment.negative_handoff_at_version`, else `sentiment.negative_handoff_at`) → handoff, negative_sentiment
 3. the best FAQ's score >= the answer threshold                            → answer with that FAQ
@@ -75,6 +76,14 @@ class IntentPolicy(_Strict):
     answer_handoff_faqs: bool = Field(
         True, description="a confident FAQ answer of the hand-over intent's own category answers instead"
     )
+    question_markers: list[str] = Field(
+        default_factory=lambda: [
+            "?", "？", "吗", "么", "呢", "怎么", "怎样", "如何", "哪", "多久", "多长", "为什么", "为啥", "咋",
+            "能不能", "可不可以", "可以", "是否", "有没有",
+        ],
+        description="a message holding one of these asks a question: a complaint-process question answered by "
+        "its FAQ is answered even in a negative tone; a complaint stated without one goes to a human",
+    )  # fmt: skip
 
 
 class SentimentPolicy(_Strict):
@@ -226,7 +235,8 @@ def decide(policy: Policy, thresholds: Thresholds, s: Signals) -> Decision:
         )
         if reason and not answered:
             return _handoff(policy, reason, best)
-        if reason and answered:  # a complaint reads negative by nature: its answer is not overruled by rule 2
+        if reason and answered and asks_question(policy, s.text):
+            # a question about the complaint process reads negative by nature: rule 2 does not overrule its answer
             reply = t.answer.format(answer=answer.answer, question=answer.question)
             return Decision("answer", reply, hits=[answer], score=best)
     if s.negative is not None and s.negative >= policy.sentiment.threshold(s.sentiment_version):
@@ -244,6 +254,10 @@ def decide(policy: Policy, thresholds: Thresholds, s: Signals) -> Decision:
     if intent is not None and intent.confidence >= policy.intent.clarify_below:
         reply = t.clarify_by_intent.get(intent.label, t.clarify)
     return Decision("clarify", reply, score=best)
+
+
+def asks_question(policy: Policy, text: str) -> bool:
+    return any(marker in text for marker in policy.intent.question_markers)
 
 
 def _handoff(policy: Policy, reason: str, score: float | None = None) -> Decision:
