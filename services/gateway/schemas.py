@@ -99,7 +99,7 @@ class ChatResponse(BaseModel):
                 "sentiment": {"label": "positive", "score": 0.71, "negative": 0.29},
                 "faq_hits": [],
                 "handoff_reason": None,
-                "model_versions": {"intent": "1", "sentiment": "1", "faq": "1"},
+                "model_versions": {"intent": "2", "sentiment": "2", "faq": "2"},
                 "degraded": [],
                 "slots": {},
                 "pii_detected": [],
