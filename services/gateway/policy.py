@@ -78,11 +78,12 @@ class IntentPolicy(_Strict):
     )
     question_markers: list[str] = Field(
         default_factory=lambda: [
-            "?", "？", "吗", "么", "呢", "怎么", "怎样", "如何", "哪", "多久", "多长", "为什么", "为啥", "咋",
-            "能不能", "可不可以", "可以", "是否", "有没有",
+            "?", "？", "怎么", "怎样", "如何", "哪", "多久", "多长", "为什么", "为啥", "咋", "能不能",
+            "可不可以", "可以", "是否", "有没有",
         ],
-        description="a message holding one of these asks a question: a complaint-process question answered by "
-        "its FAQ is answered even in a negative tone; a complaint stated without one goes to a human",
+        description="a message holding one of these (or ending in 吗 / 么 / 呢) asks a question: a "
+        "complaint-process question answered by its FAQ is answered even in a negative tone; a complaint stated "
+        "without one goes to a human",
     )  # fmt: skip
 
 
@@ -256,7 +257,16 @@ def decide(policy: Policy, thresholds: Thresholds, s: Signals) -> Decision:
     return Decision("clarify", reply, score=best)
 
 
+QUESTION_PARTICLES = (
+    "吗",
+    "么",
+    "呢",
+)  # sentence-final: 什么 / 怎么 inside a message are not questions by themselves
+
+
 def asks_question(policy: Policy, text: str) -> bool:
+    if text.rstrip(" \t\n。！!～~.…").endswith(QUESTION_PARTICLES):
+        return True
     return any(marker in text for marker in policy.intent.question_markers)
 
 
