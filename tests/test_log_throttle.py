@@ -7,7 +7,13 @@ import logging
 from fastapi.testclient import TestClient
 
 from services.common.logthrottle import LogThrottle
+from services.faq.domain import StoreUnavailable
 from tests.gateway_app import A, B, build
+from tests.gateway_fakes import demo_store
+
+
+def _store_down(*args, **kwargs):
+    raise StoreUnavailable("milvus search failed: connection refused")
 
 
 class Clock:
@@ -42,8 +48,10 @@ def test_keys_are_throttled_independently(caplog):
 
 
 def test_an_outage_writes_a_few_lines_not_several_per_failed_chat(tmp_path, caplog):
-    app, fake, _ = build(tmp_path)
+    store = demo_store()
+    app, fake, _ = build(tmp_path, store=store)
     with TestClient(app) as client, caplog.at_level(logging.INFO):
+        store.search = _store_down  # with the store up, chat would answer from keywords alone (degraded 200)
         fake.replica(A).mode = fake.replica(B).mode = "down"
         fake.down_models.add("faq")
         for i in range(60):
