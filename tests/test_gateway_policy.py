@@ -212,6 +212,23 @@ def test_a_complaint_answered_by_its_faq_is_not_handed_over_for_its_negative_ton
     assert unanswered.handoff_reason == "complaint"
 
 
+def test_asking_for_a_person_hands_over_whatever_the_models_say():
+    th = Thresholds(0.8, 0.6, "test")
+    # read as a complaint with a confident complaint-process FAQ and a question marker (有没有): without the
+    # rule the FAQ would answer an angry customer who asked for a human
+    angry = Signals(intent("投诉"), 0.98, [COMPLAINT_FAQ], text="你们到底有没有真人客服 气死了")
+    d = decide(POLICY, th, angry)
+    assert (d.action, d.handoff_reason) == ("handoff", "requested_human")
+    calm = Signals(intent("物流查询"), 0.01, [hit("f1", 0.99)], text="麻烦帮我转人工")
+    assert decide(POLICY, th, calm).handoff_reason == "requested_human"
+    # the same words without a request for a person: the FAQ answers
+    assert decide(POLICY, th, Signals(intent("物流查询"), 0.01, [hit("f1", 0.99)], text="运费怎么算")).action == (
+        "answer"
+    )
+    off = POLICY.model_copy(update={"intent": POLICY.intent.model_copy(update={"human_request_markers": []})})
+    assert decide(off, th, calm).action == "answer"
+
+
 def test_each_sentiment_version_hands_over_at_its_own_threshold(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("sentiment:\n  negative_handoff_at: 0.99\n  negative_handoff_at_version: {'2': 0.6}\n")

@@ -2,6 +2,10 @@
 act on. Pure logic (no I/O): `decide(policy, thresholds, signals)`. Configured by `defaults/policy.yaml`.
 
 The rules, first match wins:
+0. the message asks for a person in so many words (`intent.human_request_markers`: 转人工, 人工客服, 真人 ...)
+                                                                           → handoff, requested_human
+   (the intent model usually knows 转人工, but an angry "你们到底有没有真人客服" reads as a complaint, and a
+   complaint-process FAQ would answer it; a customer who asks for a human gets one)
 1. the intent is one of `intent.handoff` (e.g. 投诉 → complaint, 转人工 → requested_human) with probability at
    least `intent.handoff_min_confidence`                                    → handoff, reason from the table
    — unless `intent.answer_handoff_faqs` and the best FAQ is an answer (rule 3) of that very category
@@ -75,6 +79,11 @@ class IntentPolicy(_Strict):
     handoff_min_confidence: float = Field(0.5, ge=0, le=1)
     answer_handoff_faqs: bool = Field(
         True, description="a confident FAQ answer of the hand-over intent's own category answers instead"
+    )
+    human_request_markers: list[str] = Field(
+        default_factory=lambda: ["转人工", "人工客服", "人工服务", "找人工", "要人工", "真人", "活人"],
+        description="a message holding one of these asks for a person: handoff (requested_human) before any "
+        "other rule; [] turns the rule off",
     )
     question_markers: list[str] = Field(
         default_factory=lambda: [
@@ -228,6 +237,8 @@ def decide(policy: Policy, thresholds: Thresholds, s: Signals) -> Decision:
     intent = s.intent
     ranked = rank(thresholds, s)
     best = ranked[0][1] if ranked else None
+    if asks_for_human(policy, s.text):
+        return _handoff(policy, "requested_human", best)
     answer = ranked[0][0] if ranked and best >= thresholds.answer else None
     if intent is not None and intent.confidence >= policy.intent.handoff_min_confidence:
         reason = policy.intent.handoff.get(intent.label)
@@ -262,6 +273,10 @@ QUESTION_PARTICLES = (
     "么",
     "呢",
 )  # sentence-final: 什么 / 怎么 inside a message are not questions by themselves
+
+
+def asks_for_human(policy: Policy, text: str) -> bool:
+    return any(marker in text for marker in policy.intent.human_request_markers)
 
 
 def asks_question(policy: Policy, text: str) -> bool:
