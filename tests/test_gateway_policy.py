@@ -201,6 +201,8 @@ def test_a_complaint_answered_by_its_faq_is_not_handed_over_for_its_negative_ton
         intent("投诉"), angry, [COMPLAINT_FAQ], text="快递员骂人 什么态度"
     )  # 什么: no question
     assert decide(POLICY, th, rhetorical).handoff_reason == "negative_sentiment"
+    exasperated = Signals(intent("投诉"), angry, [COMPLAINT_FAQ], text="气死了 到底有没有人管")  # 有没有, but 到底
+    assert decide(POLICY, th, exasperated).handoff_reason == "negative_sentiment"
     particle = Signals(intent("投诉"), angry, [COMPLAINT_FAQ], text="快递员骂人能投诉吗。")
     assert decide(POLICY, th, particle).action == "answer"
     calm = decide(POLICY, th, Signals(intent("投诉"), 0.1, [COMPLAINT_FAQ], text="快递员骂人，我要投诉"))

@@ -11,7 +11,8 @@ The rules, first match wins:
    — unless `intent.answer_handoff_faqs` and the best FAQ is an answer (rule 3) of that very category
      (the knowledge base answers "在哪投诉快递员": the customer gets that answer, not a queue; when the message
      asks a question (`intent.question_markers`) rule 2 does not overrule it either: a question about how to
-     complain reads negative by nature, while "我要投诉！态度恶劣" states a complaint and still goes to a human)
+     complain reads negative by nature, while "我要投诉！态度恶劣" states a complaint and still goes to a human,
+     and so does an exasperated rhetorical one, `intent.rhetorical_markers`: "到底有没有人管")
 2. P(negative sentiment) >= the sentiment threshold of the version that answered
    (`sentiment.negative_handoff_at_version`, else `sentiment.negative_handoff_at`) → handoff, negative_sentiment
 3. the best FAQ's score >= the answer threshold                            → answer with that FAQ
@@ -94,6 +95,11 @@ class IntentPolicy(_Strict):
         "complaint-process question answered by its FAQ is answered even in a negative tone; a complaint stated "
         "without one goes to a human",
     )  # fmt: skip
+    rhetorical_markers: list[str] = Field(
+        default_factory=lambda: ["到底", "究竟", "凭什么"],
+        description="a message holding one of these is exasperated, not asking (到底有没有人管, 凭什么不给退): it "
+        "never counts as a question, so a negative tone hands it over",
+    )
 
 
 class SentimentPolicy(_Strict):
@@ -280,6 +286,8 @@ def asks_for_human(policy: Policy, text: str) -> bool:
 
 
 def asks_question(policy: Policy, text: str) -> bool:
+    if any(marker in text for marker in policy.intent.rhetorical_markers):
+        return False
     if text.rstrip(" \t\n。！!～~.…").endswith(QUESTION_PARTICLES):
         return True
     return any(marker in text for marker in policy.intent.question_markers)
