@@ -22,7 +22,9 @@ Messages: the 224 demo knowledge-base queries (`data/faq_kb_demo/queries_dev.jso
 texts (`data/intent_cs_demo/dev.jsonl`), shuffled once (seed 0), each sent in a session of its own client.
 Accounting is `bench/loadgen.py`'s: after `--warmup` seconds not counted, over `--duration` seconds,
 throughput = successful answers received in the window / duration; p50 / p99 of the successful ones; errors =
-non-200 answers and transport errors of requests started in the window. Each level also reports where the time
+non-200 answers and transport errors of requests started in the window; with `--driver python` the 503
+`overloaded` answers are also timed on their own (refused p50 / p99, how many carried Retry-After) beside the
+admitted answers' p95: what an overloaded gateway costs a refused client. Each level also reports where the time
 goes: the mean of every `Server-Timing` entry (total, gateway = time with no upstream call in flight, intent,
 sentiment, faq_embed, faq_store; the upstream calls overlap). The load generator is Python on the same machine:
 on 2 cores it takes CPU from the servers it measures.
@@ -103,6 +105,7 @@ async def closed_loop(
     headers = {"content-type": "application/json", "x-api-key": key}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     records: list[tuple[float, float, bool]] = []
+    refused: list[tuple[float, float, bool]] = []  # 503 answers: (sent, done, had Retry-After)
     statuses: Counter[str] = Counter()
     timings: dict[str, list[float]] = defaultdict(list)
     cursor = 0
@@ -121,6 +124,8 @@ async def closed_loop(
                 ok, status, response = False, type(e).__name__, None
             done = time.perf_counter()
             records.append((sent, done, ok))
+            if response is not None and response.status_code == 503:
+                refused.append((sent, done, "retry-after" in response.headers))
             if sent >= window_start:
                 statuses[status] += 1
                 if ok and response is not None:
@@ -142,7 +147,18 @@ async def closed_loop(
     measured = [r for r in records if r[0] >= window_start]
     latencies = np.array([(end - sent) * 1000 for sent, end, ok in measured if ok])
     answered = sum(1 for _, end, ok in records if ok and window_start <= end <= window_end)
-    return {
+    shed = [r for r in refused if r[0] >= window_start]
+    shed_ms = np.array([(end - sent) * 1000 for sent, end, _ in shed])
+    overload = {}
+    if len(shed):  # what a refused client waits for its 503 (issue 14 item 7: within 100 ms)
+        overload = {
+            "refused": len(shed),
+            "refused_p50_ms": round(float(np.percentile(shed_ms, 50)), 2),
+            "refused_p99_ms": round(float(np.percentile(shed_ms, 99)), 2),
+            "refused_with_retry_after": sum(1 for *_, retry in shed if retry),
+            "p95_ms": round(float(np.percentile(latencies, 95)), 2) if len(latencies) else None,
+        }
+    return overload | {
         "concurrency": concurrency,
         "throughput_rps": round(answered / duration_s, 2),
         "p50_ms": round(float(np.percentile(latencies, 50)), 2) if len(latencies) else None,
@@ -434,6 +450,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"errors {row['errors']}  | mean ms: {where}",
                 flush=True,
             )
+            if row.get("refused"):
+                print(
+                    f"         admitted p95 {row['p95_ms']} ms; refused 503: {row['refused']} "
+                    f"(p50 {row['refused_p50_ms']} ms, p99 {row['refused_p99_ms']} ms, "
+                    f"{row['refused_with_retry_after']} with Retry-After)",
+                    flush=True,
+                )
             if "cpu_ms_per_chat" in row:
                 per = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_chat"].items())
                 print(f"         CPU ms per chat: {per}", flush=True)
