@@ -201,7 +201,9 @@ def test_a_complaint_answered_by_its_faq_is_not_handed_over_for_its_negative_ton
         intent("投诉"), angry, [COMPLAINT_FAQ], text="快递员骂人 什么态度"
     )  # 什么: no question
     assert decide(POLICY, th, rhetorical).handoff_reason == "negative_sentiment"
-    exasperated = Signals(intent("投诉"), angry, [COMPLAINT_FAQ], text="气死了 到底有没有人管")  # 有没有, but 到底
+    exasperated = Signals(
+        intent("投诉"), angry, [COMPLAINT_FAQ], text="气死了 到底有没有人管"
+    )  # 有没有, but 到底
     assert decide(POLICY, th, exasperated).handoff_reason == "negative_sentiment"
     particle = Signals(intent("投诉"), angry, [COMPLAINT_FAQ], text="快递员骂人能投诉吗。")
     assert decide(POLICY, th, particle).action == "answer"
@@ -224,9 +226,9 @@ def test_asking_for_a_person_hands_over_whatever_the_models_say():
     calm = Signals(intent("物流查询"), 0.01, [hit("f1", 0.99)], text="麻烦帮我转人工")
     assert decide(POLICY, th, calm).handoff_reason == "requested_human"
     # the same words without a request for a person: the FAQ answers
-    assert decide(POLICY, th, Signals(intent("物流查询"), 0.01, [hit("f1", 0.99)], text="运费怎么算")).action == (
-        "answer"
-    )
+    assert decide(
+        POLICY, th, Signals(intent("物流查询"), 0.01, [hit("f1", 0.99)], text="运费怎么算")
+    ).action == ("answer")
     off = POLICY.model_copy(update={"intent": POLICY.intent.model_copy(update={"human_request_markers": []})})
     assert decide(off, th, calm).action == "answer"
 
