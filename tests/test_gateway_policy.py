@@ -226,9 +226,8 @@ def test_asking_for_a_person_hands_over_whatever_the_models_say():
     calm = Signals(intent("物流查询"), 0.01, [hit("f1", 0.99)], text="麻烦帮我转人工")
     assert decide(POLICY, th, calm).handoff_reason == "requested_human"
     # the same words without a request for a person: the FAQ answers
-    assert decide(
-        POLICY, th, Signals(intent("物流查询"), 0.01, [hit("f1", 0.99)], text="运费怎么算")
-    ).action == ("answer")
+    plain = Signals(intent("物流查询"), 0.01, [hit("f1", 0.99)], text="运费怎么算")
+    assert decide(POLICY, th, plain).action == "answer"
     off = POLICY.model_copy(update={"intent": POLICY.intent.model_copy(update={"human_request_markers": []})})
     assert decide(off, th, calm).action == "answer"
 

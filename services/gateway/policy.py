@@ -281,16 +281,20 @@ QUESTION_PARTICLES = (
 )  # sentence-final: 什么 / 怎么 inside a message are not questions by themselves
 
 
+def _holds_any(text: str, markers: list[str]) -> bool:
+    return any(marker in text for marker in markers)
+
+
 def asks_for_human(policy: Policy, text: str) -> bool:
-    return any(marker in text for marker in policy.intent.human_request_markers)
+    return _holds_any(text, policy.intent.human_request_markers)
 
 
 def asks_question(policy: Policy, text: str) -> bool:
-    if any(marker in text for marker in policy.intent.rhetorical_markers):
+    if _holds_any(text, policy.intent.rhetorical_markers):
         return False
     if text.rstrip(" \t\n。！!～~.…").endswith(QUESTION_PARTICLES):
         return True
-    return any(marker in text for marker in policy.intent.question_markers)
+    return _holds_any(text, policy.intent.question_markers)
 
 
 def _handoff(policy: Policy, reason: str, score: float | None = None) -> Decision:
