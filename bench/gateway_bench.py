@@ -156,12 +156,12 @@ async def closed_loop(
             "refused_p50_ms": round(float(np.percentile(shed_ms, 50)), 2),
             "refused_p99_ms": round(float(np.percentile(shed_ms, 99)), 2),
             "refused_with_retry_after": sum(1 for *_, retry in shed if retry),
-            "p95_ms": round(float(np.percentile(latencies, 95)), 2) if len(latencies) else None,
         }
     return overload | {
         "concurrency": concurrency,
         "throughput_rps": round(answered / duration_s, 2),
         "p50_ms": round(float(np.percentile(latencies, 50)), 2) if len(latencies) else None,
+        "p95_ms": round(float(np.percentile(latencies, 95)), 2) if len(latencies) else None,
         "p99_ms": round(float(np.percentile(latencies, 99)), 2) if len(latencies) else None,
         "errors": sum(1 for *_, ok in measured if not ok),
         "requests": len(measured),
