@@ -53,6 +53,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 import psutil
@@ -103,7 +104,6 @@ async def closed_loop(
         for i, t in enumerate(texts)
     ]
     headers = {"content-type": "application/json", "x-api-key": key}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     records: list[tuple[float, float, bool]] = []
     refused: list[tuple[float, float, bool]] = []  # 503 answers: (sent, done, had Retry-After)
     statuses: Counter[str] = Counter()
@@ -111,39 +111,51 @@ async def closed_loop(
     cursor = 0
     start = time.perf_counter()
     window_start, window_end = start + warmup_s, start + warmup_s + duration_s
+    rng = random.Random(0)
+    timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 10.0))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker() -> None:
+        """One client on its own keep-alive connection (no shared pool to contend for). A 503 with
+        Retry-After is retried after that many seconds, as a well-behaved client does."""
         nonlocal cursor
-        while (sent := time.perf_counter()) < window_end:
-            body = bodies[cursor % len(bodies)]
-            cursor += 1
-            try:
-                response = await client.post(url + "/v1/chat", content=body, headers=headers)
-                ok, status = response.status_code == 200, str(response.status_code)
-            except httpx.HTTPError as e:
-                ok, status, response = False, type(e).__name__, None
-            done = time.perf_counter()
-            records.append((sent, done, ok))
-            if response is not None and response.status_code == 503:
-                refused.append((sent, done, "retry-after" in response.headers))
-            if sent >= window_start:
-                statuses[status] += 1
-                if ok and response is not None:
-                    for name, ms in parse_server_timing(response.headers.get("server-timing", "")).items():
-                        timings[name].append(ms)
-            if not ok:
-                await asyncio.sleep(0.01)
+        connector = aiohttp.TCPConnector(limit=1, force_close=False)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            while (sent := time.perf_counter()) < window_end:
+                body = bodies[cursor % len(bodies)]
+                cursor += 1
+                retry_after = None
+                try:
+                    async with session.post(url + "/v1/chat", data=body, headers=headers) as response:
+                        await response.read()
+                        code = response.status
+                        ok, status = code == 200, str(code)
+                        server_timing = response.headers.get("server-timing", "")
+                        retry_after = response.headers.get("retry-after")
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    ok, status, code = False, type(e).__name__, None
+                done = time.perf_counter()
+                records.append((sent, done, ok))
+                if code == 503:
+                    refused.append((sent, done, retry_after is not None))
+                if sent >= window_start:
+                    statuses[status] += 1
+                    if ok:
+                        for name, ms in parse_server_timing(server_timing).items():
+                            timings[name].append(ms)
+                if not ok:
+                    # Retry-After with jitter (× 0.5–1.5), as client libraries do: without it every refused
+                    # client comes back in the same millisecond, a wave the next refusal waits behind
+                    wait = float(retry_after) * rng.uniform(0.5, 1.5) if retry_after and retry_after.isdigit() else 0.01
+                    await asyncio.sleep(min(wait, max(0.0, window_end - time.perf_counter())))
 
     async def progress() -> None:
         while time.perf_counter() < window_end:
             await asyncio.sleep(5)
             print(f"   ... c={concurrency}: {len(records)} requests so far", flush=True)
 
-    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        ticker = asyncio.ensure_future(progress())
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        ticker.cancel()
+    ticker = asyncio.ensure_future(progress())
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    ticker.cancel()
     measured = [r for r in records if r[0] >= window_start]
     latencies = np.array([(end - sent) * 1000 for sent, end, ok in measured if ok])
     answered = sum(1 for _, end, ok in records if ok and window_start <= end <= window_end)

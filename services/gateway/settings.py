@@ -173,19 +173,19 @@ class GatewaySettings(BaseSettings):
     # ── degradation ───────────────────────────────────────────────────────────────────────────────────
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 when every upstream is down")
     max_inflight: int = Field(
-        16,
+        10,
         ge=0,
         description="admission control: /v1 requests inside this process at once; more wait for a slot up to "
         "`admission_wait_s`, then get 503 overloaded (0 = no limit)",
     )
     admission_wait_s: float = Field(
-        0.1,
+        0.02,
         ge=0,
         description="queue-time cap: longest a /v1 request waits, from its arrival, for a slot before 503 "
         "overloaded (Retry-After: 1)",
     )
     admission_queue: int = Field(
-        16,
+        0,
         ge=0,
         description="/v1 requests that may wait for a slot; past max_inflight + this, 503 overloaded at once, "
         "before authentication or reading the body",
