@@ -884,7 +884,8 @@ def test_milvus_lite_writes_are_searchable_within_a_second_and_reindex_switches(
 
 def test_import_entries_match_the_domain_reader(tmp_path):
     """The JSONL importer reads faq.jsonl exactly as `read_faq_jsonl` does."""
-    from services.faq.admin_schemas import entry_of, parse_import
+    from services.faq.admin_schemas import parse_import
+    from services.faq.domain import entry_of
 
     parsed = [entry_of(r.record) for r in parse_import(DEMO_TEXT, "jsonl")]
     from services.faq.testing import load_demo_kb

@@ -100,6 +100,33 @@ def test_bad_jsonl_line_is_named(tmp_path):
         read_faq_jsonl(path)
 
 
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            '{"id": "a", "question": "q", "answer": "a", "answr": "x"}',
+            r"faq.jsonl:2: unknown field\(s\) \['answr'\]",
+        ),
+        ('["a", "q"]', r"faq.jsonl:2: not a JSON object"),
+        ('{"id": "a", "question": ', r"faq.jsonl:2: not JSON"),
+        ('{"id": "a", "faq_id": "b", "question": "q", "answer": "a"}', r"faq.jsonl:2: id and faq_id differ"),
+    ],
+)
+def test_the_seed_reader_reads_faq_jsonl_as_the_importer_does(tmp_path, line, problem):
+    """One reader of the format for the seed file and the admin import: the same record is refused by both,
+    for the same reason (a typo'd field is not silently dropped)."""
+    from services.faq.admin_schemas import ImportRejected, parse_import, plan_import
+
+    text = '{"id": "ok", "question": "能开发票吗", "answer": "能"}\n' + line + "\n"
+    path = tmp_path / "faq.jsonl"
+    path.write_text(text, "utf-8")
+    with pytest.raises(InvalidFaq, match=problem):
+        read_faq_jsonl(path)
+    with pytest.raises(ImportRejected) as rejected:
+        plan_import(parse_import(text, "jsonl"), [], "upsert")
+    assert [row["row"] for row in rejected.value.rows] == [2]
+
+
 def test_embedders_are_deterministic_and_normalised():
     h = HashingEmbedder(64)
     a = h.embed(["能不能发顺丰", "？？", "能不能发顺丰"])

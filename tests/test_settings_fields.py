@@ -7,6 +7,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
+from services.gateway.settings import GatewaySettings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,3 +41,22 @@ def test_the_upstream_pool_and_the_server_limit_are_separate_settings():
     s = GatewaySettings()
     assert s.max_connections == 100  # pooled connections per role towards the workers
     assert s.server_limit_concurrency == 2048  # uvicorn's limit_concurrency
+
+
+def test_worker_urls_are_checked_the_same_way_for_stable_and_canary_pools():
+    every = {"intent": ["http://a:8001/"], "sentiment": ["http://a:8001"], "faq": ["https://b"]}
+    s = GatewaySettings(workers=every, canary_workers={"intent": ["http://c:8001/"], "faq": []})
+    assert s.workers["intent"] == ["http://a:8001"] and s.canary_workers == {"intent": ["http://c:8001"]}
+    bad = [
+        ({"workers": {**every, "faq": []}}, "workers: no URL for 'faq'"),
+        ({"workers": {**every, "intnet": ["http://a"]}}, "workers: unknown role 'intnet'"),
+        (
+            {"workers": {**every, "faq": ["ftp://b"]}},
+            "workers\\['faq'\\]: 'ftp://b' is not an http\\(s\\) URL",
+        ),
+        ({"workers": every, "canary_workers": {"intnet": ["http://c"]}}, "canary_workers: unknown role"),
+        ({"workers": every, "canary_workers": {"faq": ["b:80"]}}, "canary_workers\\['faq'\\]: 'b:80' is not"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValidationError, match=message):
+            GatewaySettings(**kwargs)

@@ -32,14 +32,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.faq.domain import FaqEntry, FaqError, FaqHit, InvalidFaq, check_unicode, phrasing_key
+from services.faq.domain import (
+    RECORD_FIELDS,
+    RECORD_KEYS,
+    FaqEntry,
+    FaqError,
+    FaqHit,
+    InvalidFaq,
+    JsonlLine,
+    check_unicode,
+    entry_of,
+    parse_faq_jsonl,
+    phrasing_key,
+)
 from services.faq.store import MAX_TOP_K
 
 ImportFormat = Literal["jsonl", "csv"]
 ImportMode = Literal["upsert", "replace_all"]
 IMPORT_FORMATS = ("jsonl", "csv")
-RECORD_KEYS = ("id", "question", "answer", "category", "alternatives", "tags")  # faq.jsonl, in its order
-_ALLOWED_KEYS = {*RECORD_KEYS, "faq_id"}
 _CONTENT_TYPES = {
     "text/csv": "csv",
     "application/csv": "csv",
@@ -212,11 +222,7 @@ class ReindexStatus(BaseModel):
 # ── import: parse, then plan against the store ──────────────────────────────────────────────────────
 
 
-@dataclass
-class ParsedRow:
-    row: int  # line number in the file
-    record: dict[str, Any] | None = None
-    error: str | None = None
+ParsedRow = JsonlLine  # a record of an import file (JSONL or CSV) with its line number, or its error
 
 
 @dataclass
@@ -280,27 +286,7 @@ def decode(body: bytes, charset: str) -> str:
 
 def parse_import(text: str, fmt: ImportFormat) -> list[ParsedRow]:
     """Records of the file, each with its line number; a record that cannot be read carries its error."""
-    return _parse_jsonl(text) if fmt == "jsonl" else _parse_csv(text)
-
-
-def _parse_jsonl(text: str) -> list[ParsedRow]:
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            rows.append(ParsedRow(n, error=f"not JSON ({e.msg} at column {e.colno})"))
-            continue
-        except RecursionError:  # the C scanner recurses once per [ or {
-            rows.append(ParsedRow(n, error="JSON nested too deeply (a FAQ record is a flat object)"))
-            continue
-        if not isinstance(record, dict):
-            rows.append(ParsedRow(n, error="not a JSON object"))
-            continue
-        rows.append(ParsedRow(n, record=record))
-    return rows
+    return parse_faq_jsonl(text) if fmt == "jsonl" else _parse_csv(text)
 
 
 def _parse_csv(text: str) -> list[ParsedRow]:
@@ -313,7 +299,7 @@ def _parse_csv(text: str) -> list[ParsedRow]:
         return []
     names = [h.strip().lower() for h in header]
     problems = []
-    if unknown := [h for h in names if h not in _ALLOWED_KEYS]:
+    if unknown := [h for h in names if h not in RECORD_FIELDS]:
         problems.append(f"unknown column(s) {unknown}; columns are id, {', '.join(RECORD_KEYS[1:])}")
     if len(set(names)) != len(names) or ("id" in names and "faq_id" in names):
         problems.append("a column appears twice (id and faq_id are the same column)")
@@ -387,18 +373,6 @@ def split_multi(cell: str) -> list[str]:
 
 def join_multi(values: Iterable[str]) -> str:
     return "|".join(v.replace("\\", "\\\\").replace("|", "\\|") for v in values)
-
-
-def entry_of(record: dict[str, Any]) -> FaqEntry:
-    """A record of an import file as an entry; `InvalidFaq` names the field."""
-    if unknown := sorted(set(record) - _ALLOWED_KEYS):
-        raise InvalidFaq(f"unknown field(s) {unknown}; fields are {', '.join(RECORD_KEYS)}")
-    record = dict(record)
-    if "id" in record:
-        if "faq_id" in record and record["faq_id"] != record["id"]:
-            raise InvalidFaq("id and faq_id differ")
-        record["faq_id"] = record.pop("id")
-    return FaqEntry(**record)
 
 
 def plan_import(rows: Sequence[ParsedRow], existing: Sequence[FaqEntry], mode: ImportMode) -> ImportPlan:

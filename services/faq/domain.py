@@ -15,6 +15,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -243,14 +244,6 @@ class FaqEntry(BaseModel):
         """Standard question first, then the alternatives, in order (position 0, 1, 2 …)."""
         return [self.question, *self.alternatives]
 
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> FaqEntry:
-        """From the `data/faq_kb_demo/faq.jsonl` format (`id` instead of `faq_id`)."""
-        record = dict(record)
-        if "id" in record and "faq_id" not in record:
-            record["faq_id"] = record.pop("id")
-        return cls(**record)
-
 
 class FaqHit(BaseModel):
     """One FAQ found by a search: the FAQ, the phrasing that matched best, and how well.
@@ -285,22 +278,67 @@ def _describe(error: ValidationError, faq_id: Any) -> str:
     return f"{who}: " + "; ".join(problems)
 
 
-def read_faq_jsonl(path: str | Path) -> list[FaqEntry]:
-    """Entries of a JSONL file (`faq.jsonl` format). A bad line raises `InvalidFaq` naming the line."""
-    entries = []
-    for n, line in enumerate(Path(path).read_text("utf-8").splitlines(), start=1):
+# ── the faq.jsonl format ────────────────────────────────────────────────────────────────────────────
+# One JSON object a line (`data/faq_kb_demo/faq.jsonl`, the admin API's JSONL import and export): `id` (or
+# `faq_id`), question, answer, category, alternatives, tags. Read here once, for the seed file and for imports.
+
+RECORD_KEYS = ("id", "question", "answer", "category", "alternatives", "tags")  # faq.jsonl, in its order
+RECORD_FIELDS = frozenset({*RECORD_KEYS, "faq_id"})
+
+
+@dataclass(frozen=True)
+class JsonlLine:
+    """One non-blank line of a faq.jsonl file: its record, or why it cannot be read."""
+
+    row: int  # line number in the file
+    record: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def parse_faq_jsonl(text: str) -> list[JsonlLine]:
+    """The records of a faq.jsonl text, each with its line number; a line that is no JSON object carries its
+    error instead (the caller decides whether one bad line rejects the file)."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InvalidFaq(f"{path}:{n}: not JSON ({e.msg})") from None
+            rows.append(JsonlLine(n, error=f"not JSON ({e.msg} at column {e.colno})"))
+            continue
+        except RecursionError:  # the C scanner recurses once per [ or {
+            rows.append(JsonlLine(n, error="JSON nested too deeply (a FAQ record is a flat object)"))
+            continue
         if not isinstance(record, dict):
-            raise InvalidFaq(f"{path}:{n}: not a JSON object")
+            rows.append(JsonlLine(n, error="not a JSON object"))
+            continue
+        rows.append(JsonlLine(n, record=record))
+    return rows
+
+
+def entry_of(record: dict[str, Any]) -> FaqEntry:
+    """A faq.jsonl record as an entry; `InvalidFaq` names the field."""
+    if unknown := sorted(set(record) - RECORD_FIELDS):
+        raise InvalidFaq(f"unknown field(s) {unknown}; fields are {', '.join(RECORD_KEYS)}")
+    record = dict(record)
+    if "id" in record:
+        if "faq_id" in record and record["faq_id"] != record["id"]:
+            raise InvalidFaq("id and faq_id differ")
+        record["faq_id"] = record.pop("id")
+    return FaqEntry(**record)
+
+
+def read_faq_jsonl(path: str | Path) -> list[FaqEntry]:
+    """Entries of a faq.jsonl file. The first bad line raises `InvalidFaq` naming the line."""
+    entries = []
+    for line in parse_faq_jsonl(Path(path).read_text("utf-8")):
         try:
-            entries.append(FaqEntry.from_record(record))
+            if line.error is not None:
+                raise InvalidFaq(line.error)
+            entries.append(entry_of(line.record or {}))
         except InvalidFaq as e:
-            raise InvalidFaq(f"{path}:{n}: {e.message}") from None
+            raise InvalidFaq(f"{path}:{line.row}: {e.message}") from None
     return entries
 
 

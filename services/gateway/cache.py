@@ -10,7 +10,7 @@ hit skips the model call, which shows in `Server-Timing` (no `intent;dur`) and i
 test whether anyone sent an exact text (an order or phone number in it) in the last `ttl_s`. Per tenant, a
 hit only ever reveals the tenant's own traffic; common questions still hit within each tenant.
 
-`MemoryCache` (LRU, bounded, TTL) for one process; `RedisCache` (JSON values with a TTL) shared by replicas.
+`MemoryCache` (LRU, bounded, TTL: cachetools' `TTLCache`) for one process; `RedisCache` (JSON values with a TTL) shared by replicas.
 Values are JSON-serialisable dicts, stored as JSON in both, so a caller mutating what it got back never
 changes the cache. A Redis failure is a miss (get) or a skipped write (set), logged at most once a minute.
 The caller counts hits and misses (`metrics.cache`).
@@ -23,10 +23,10 @@ import json
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from cachetools import TTLCache
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -57,27 +57,18 @@ class MemoryCache:
     ):
         if max_entries < 1 or ttl_s <= 0:
             raise ValueError("cache: max_entries must be at least 1 and ttl_s positive")
-        self.max_entries, self.ttl_s, self._clock = max_entries, ttl_s, clock
-        self._data: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self.max_entries, self.ttl_s = max_entries, ttl_s
+        self._data: TTLCache[str, str] = TTLCache(max_entries, ttl_s, timer=clock)
 
     async def get(self, key: str) -> dict | None:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        expires, raw = item
-        if expires <= self._clock():
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return json.loads(raw)
+        raw = self._data.get(key)
+        return None if raw is None else json.loads(raw)
 
     async def set(self, key: str, value: dict) -> None:
-        self._data[key] = (self._clock() + self.ttl_s, json.dumps(value, ensure_ascii=False))
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        self._data[key] = json.dumps(value, ensure_ascii=False)
 
     def __len__(self) -> int:
+        self._data.expire()
         return len(self._data)
 
     async def close(self) -> None:

@@ -29,11 +29,11 @@ import json
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from cachetools import TTLCache
 from redis.exceptions import RedisError
 
 from services.canary.routing import sticky_id
@@ -190,30 +190,21 @@ class MemorySessionStore:
     ):
         _check_bounds(max_turns, ttl_s, max_sessions)
         self.max_sessions, self.max_turns, self.ttl_s = max_sessions, max_turns, ttl_s
-        self._clock = clock
-        self._data: OrderedDict[SessionKey, tuple[float, str]] = OrderedDict()  # key -> (expires, json)
+        # key -> session JSON; least recently used evicted past max_sessions, expiring ttl_s after its save
+        self._data: TTLCache[SessionKey, str] = TTLCache(max_sessions, ttl_s, timer=clock)
 
     async def get(self, key: SessionKey) -> Session:
         key = _require_key(key)
-        item = self._data.get(key)
-        if item is None:
-            return Session(key)
-        expires, raw = item
-        if expires <= self._clock():
-            del self._data[key]
-            return Session(key)
-        self._data.move_to_end(key)
-        return Session.from_json(raw)
+        raw = self._data.get(key)
+        return Session(key) if raw is None else Session.from_json(raw)
 
     async def save(self, session: Session) -> None:
         key = _require_key(session.key)
         del session.turns[: -self.max_turns]
-        self._data[key] = (self._clock() + self.ttl_s, session.to_json())
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_sessions:
-            self._data.popitem(last=False)
+        self._data[key] = session.to_json()
 
     def __len__(self) -> int:
+        self._data.expire()
         return len(self._data)
 
     async def close(self) -> None:

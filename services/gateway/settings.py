@@ -215,22 +215,28 @@ class GatewaySettings(BaseSettings):
     @field_validator("canary_workers")
     @classmethod
     def _canary_workers(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        for role, urls in v.items():
-            if role not in ("intent", "sentiment", "faq"):
-                raise ValueError(f"canary_workers: unknown role {role!r} (intent, sentiment, faq)")
-            for url in urls:
-                if not url.startswith(("http://", "https://")):
-                    raise ValueError(f"canary_workers[{role!r}]: {url!r} is not an http(s) URL")
-        return {role: [u.rstrip("/") for u in urls] for role, urls in v.items() if urls}
+        return _worker_urls("canary_workers", v, every_role=False)
 
     @field_validator("workers")
     @classmethod
     def _workers(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        for role in ("intent", "sentiment", "faq"):
-            urls = v.get(role)
-            if not urls:
-                raise ValueError(f"workers: no URL for {role!r} (give at least one replica per model)")
-            for url in urls:
-                if not url.startswith(("http://", "https://")):
-                    raise ValueError(f"workers[{role!r}]: {url!r} is not an http(s) URL")
-        return {role: [u.rstrip("/") for u in urls] for role, urls in v.items()}
+        return _worker_urls("workers", v, every_role=True)
+
+
+ROLES = ("intent", "sentiment", "faq")
+
+
+def _worker_urls(name: str, v: dict[str, list[str]], *, every_role: bool) -> dict[str, list[str]]:
+    """Worker base URLs per model role, without a trailing slash: http(s) only, known roles only; with
+    `every_role`, at least one replica for each role (roles with no URL are dropped otherwise)."""
+    for role in v:
+        if role not in ROLES:
+            raise ValueError(f"{name}: unknown role {role!r} (intent, sentiment, faq)")
+    for role in ROLES if every_role else ():
+        if not v.get(role):
+            raise ValueError(f"{name}: no URL for {role!r} (give at least one replica per model)")
+    for role, urls in v.items():
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{name}[{role!r}]: {url!r} is not an http(s) URL")
+    return {role: [u.rstrip("/") for u in urls] for role, urls in v.items() if urls}
