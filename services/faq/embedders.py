@@ -24,21 +24,13 @@ class LocalEmbedder:
         self._tokenizer = version.tokenizer()
         self._output = version.config.outputs[0].name
         self._batch_size = batch_size
-        self._version = f"{version.name}-v{version.version}"
-        self._dim = int(version.config.outputs[0].dims[-1])
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def dim(self) -> int:
-        return self._dim
+        self.version = f"{version.name}-v{version.version}"
+        self.dim = int(version.config.outputs[0].dims[-1])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         ids = self._tokenizer.encode_ids(list(texts))
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.zeros((len(ids), self._dim), dtype=np.float32)
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
         for start in range(0, len(order), self._batch_size):
             chunk = order[start : start + self._batch_size]
             out[chunk] = self._runner.run(self._tokenizer.pad([ids[i] for i in chunk]))[self._output]

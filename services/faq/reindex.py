@@ -193,18 +193,10 @@ class StoredVectors:
 
     def __init__(self, store: MilvusFaqStore, version: str):
         self._vectors = store.stored_vectors()
-        self._version, self._dim = version, store.dim
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def dim(self) -> int:
-        return self._dim
+        self.version, self.dim = version, store.dim
 
     def embed(self, texts) -> np.ndarray:
         missing = [t for t in texts if t not in self._vectors]
         if missing:
             raise ReindexFailed(f"{len(missing)} phrasings have no stored vector (first: {missing[0]!r})")
-        return np.stack([self._vectors[t] for t in texts]) if texts else np.zeros((0, self._dim), np.float32)
+        return np.stack([self._vectors[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)

@@ -49,13 +49,8 @@ MAX_PAGE = 1000
 class Embedder(Protocol):
     """Sentence encoder used by callers of the store (the `faq` model, or `testing.HashingEmbedder`)."""
 
-    @property
-    def version(self) -> str:
-        """Identifies the model weights; part of the physical collection name at re-index."""
-        ...
-
-    @property
-    def dim(self) -> int: ...
+    version: str  # identifies the model weights; part of the physical collection name at re-index
+    dim: int
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], each row L2-normalised."""

@@ -30,27 +30,19 @@ class HashingEmbedder:
     def __init__(
         self, dim: int = 64, ngrams: Sequence[int] = (1, 2), salt: str = "", version: str | None = None
     ):
-        self._dim = dim
+        self.dim = dim
         self.ngrams = tuple(ngrams)
         self.salt = salt
-        self._version = version or f"hash{dim}{salt}"
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def dim(self) -> int:
-        return self._dim
+        self.version = version or f"hash{dim}{salt}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self._dim), np.float32)
+        out = np.zeros((len(texts), self.dim), np.float32)
         for row, text in enumerate(texts):
             key = phrasing_key(text)
             for n in self.ngrams:
                 for i in range(len(key) - n + 1):
                     h = hashlib.blake2b(f"{self.salt}\x1f{key[i : i + n]}".encode(), digest_size=8).digest()
-                    bucket = int.from_bytes(h[:4], "little") % self._dim
+                    bucket = int.from_bytes(h[:4], "little") % self.dim
                     out[row, bucket] += 1.0 if h[4] & 1 else -1.0
             if not out[row].any():
                 out[row, 0] = 1.0
@@ -61,19 +53,11 @@ class ConstantEmbedder:
     """The uninformative encoder: one fixed unit vector for every text."""
 
     def __init__(self, dim: int = 64, version: str = "constant"):
-        self._dim = dim
-        self._version = version
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def dim(self) -> int:
-        return self._dim
+        self.dim = dim
+        self.version = version
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self._dim), np.float32)
+        out = np.zeros((len(texts), self.dim), np.float32)
         out[:, 0] = 1.0
         return out
 
@@ -85,14 +69,7 @@ class FailingEmbedder:
         self.inner = inner
         self.fail_on = fail_on
         self.calls = 0
-
-    @property
-    def version(self) -> str:
-        return self.inner.version + "-failing"
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
+        self.version, self.dim = inner.version + "-failing", inner.dim
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.calls += 1

@@ -36,23 +36,16 @@ class WorkerEmbedder:
         if not urls:
             raise ValueError("WorkerEmbedder needs at least one worker URL")
         self.urls, self.model, self.number = list(urls), model, version
-        self._dim, self.batch_size = dim, max(1, batch_size)
+        self.version = f"{model}-v{version}"  # what the store records (Embedder protocol)
+        self.dim, self.batch_size = dim, max(1, batch_size)
         self._client = httpx.Client(timeout=timeout_s, transport=transport)
-
-    @property
-    def version(self) -> str:
-        return f"{self.model}-v{self.number}"
-
-    @property
-    def dim(self) -> int:
-        return self._dim
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], L2-normalised by the encoder."""
         parts = [
             self._chunk(list(texts[i : i + self.batch_size])) for i in range(0, len(texts), self.batch_size)
         ]
-        return np.concatenate(parts) if parts else np.zeros((0, self._dim), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def _chunk(self, texts: list[str]) -> np.ndarray:
         body = json.dumps(
@@ -78,9 +71,9 @@ class WorkerEmbedder:
             if out is None:
                 raise EncoderUnavailable(f"{self.version} returned no embedding output")
             vectors = np.asarray(out["data"], np.float32).reshape(out["shape"])
-            if vectors.shape != (len(texts), self._dim):
+            if vectors.shape != (len(texts), self.dim):
                 raise EncoderUnavailable(
-                    f"{self.version} returned {vectors.shape}, expected ({len(texts)}, {self._dim})"
+                    f"{self.version} returned {vectors.shape}, expected ({len(texts)}, {self.dim})"
                 )
             return vectors
         raise EncoderUnavailable(f"{self.version}: no replica answered ({'; '.join(errors)})")
