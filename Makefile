@@ -90,8 +90,9 @@ load: setup $(REPO)/.built ## knee of the local stack under the real mix (chat 8
 reliability: setup $(REPO)/.built ## faults under load (engine / worker killed, worker hung, store restart, Redis down, hot reload, canary rollback, nftables cut between network namespaces; root) -> docs/reliability.md (~12 min)
 	$(PY) -m bench.reliability --repository $(REPO)
 
-pretrain: setup ## reproduce models/pretrained/ernie-tiny-cs (MLM on every train split under DATA; ~30 min)
-	$(PY) -m models.pretrain --data $(DATA) --out models/pretrained/ernie-tiny-cs --steps 5000
+PRETRAIN_STEPS ?= 5000
+pretrain: setup ## reproduce models/pretrained/ernie-tiny-cs (MLM on every train split under DATA; ~30 min; resumes where it stopped)
+	$(PY) -m models.pretrain --data $(DATA) --out models/pretrained/ernie-tiny-cs --steps $(PRETRAIN_STEPS)
 
 default-data: setup ## regenerate the shipped sentiment / FAQ-pair training data from DATA
 	$(PY) -m models.default_data --data $(DATA) --out data

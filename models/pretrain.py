@@ -5,6 +5,11 @@
 The corpus is every text of every *train* split under --data (dev/test text is never read) plus the
 repo's own data/ folder; the character vocabulary is built from it. Writes a paddlenlp-format checkpoint
 (config.json, model_state.pdparams, vocab.txt, tokenizer_config.json) usable as `models.train --init`.
+
+Resumable: the loop (models/training.py, the one the classifiers and the encoder train on) writes its state to
+`--checkpoint-dir` (default `runs/pretrain-<name of --out>`) at every held-out evaluation (`--eval-every`);
+the same command started again goes on from the last one, so hours of pre-training can be spread over several
+runs (Ctrl-C loses at most `--eval-every` steps). Delete the folder to start over.
 """
 
 from __future__ import annotations
@@ -81,15 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=6000)
     p.add_argument("--arch", default="tiny")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="the run's state, written at every evaluation; a run started again resumes from it "
+        "(default runs/pretrain-<name of --out>)",
+    )
     args = p.parse_args(argv)
 
     import paddle
     import paddle.nn.functional as F
     from paddlenlp.transformers import ErnieForMaskedLM, ErnieTokenizer
-    from tqdm import tqdm
 
     from models.modeling import ARCHS
-    from models.training import bucketed_batches, seed_everything
+    from models.training import TrainOptions, _run_loop, seed_everything
 
     seed_everything(args.seed)
     texts, files = collect_corpus(args.data, args.max_seq_len - 2)
@@ -103,24 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     train_ids = [x for i, x in enumerate(ids) if i not in held_out]
     eval_ids = [ids[i] for i in sorted(held_out)]
 
+    checkpoint_dir = args.checkpoint_dir or Path("runs") / f"pretrain-{args.out.name}"
+    vocab = (args.out / "vocab.txt").read_text("utf-8")
+    kept = checkpoint_dir / "vocab.txt"
+    if kept.exists() and kept.read_text("utf-8") != vocab:
+        print(
+            f"error: {checkpoint_dir} was trained on another vocabulary (the corpus changed); delete it to "
+            "start over",
+            file=sys.stderr,
+        )
+        return 2
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    kept.write_text(vocab, "utf-8")
     config = ARCHS[args.arch].ernie_config(tokenizer.vocab_size)
     model = ErnieForMaskedLM(config)
-    warmup = max(1, args.steps // 20)
-    schedule = paddle.optimizer.lr.LinearWarmup(
-        paddle.optimizer.lr.PolynomialDecay(args.lr, args.steps - warmup, end_lr=args.lr * 0.05),
-        warmup,
-        0.0,
-        args.lr,
-    )
-    optimizer = paddle.optimizer.AdamW(
-        learning_rate=schedule,
-        parameters=model.parameters(),
-        weight_decay=0.01,
-        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0),
-    )
+    mask_rng = np.random.default_rng(args.seed + 1)
 
-    def mlm_loss(batch_ids: list[list[int]], mask_rng):
-        inputs, positions, targets = mask_tokens(tokenizer.pad(batch_ids), tokenizer, mask_rng)
+    def mlm_loss(batch_ids: list[list[int]], rng):
+        inputs, positions, targets = mask_tokens(tokenizer.pad(batch_ids), tokenizer, rng)
         logits = model(
             paddle.to_tensor(inputs), masked_positions=paddle.to_tensor(positions), return_dict=False
         )
@@ -129,40 +141,46 @@ def main(argv: list[str] | None = None) -> int:
         target = paddle.to_tensor(targets)
         return F.cross_entropy(logits, target), (logits.argmax(-1) == target).astype("float32").mean()
 
+    history: list[dict] = []
+
     @paddle.no_grad()
-    def evaluate() -> dict:
+    def evaluate() -> float:
+        """Held-out MLM loss and accuracy (the same masks every time); the loop keeps the lowest loss."""
         model.eval()
-        eval_rng = np.random.default_rng(0)  # the same masks every time
+        eval_rng = np.random.default_rng(0)
         losses, accs = [], []
         for start in range(0, len(eval_ids), 128):
             loss, acc = mlm_loss(eval_ids[start : start + 128], eval_rng)
             losses.append(float(loss))
             accs.append(float(acc))
         model.train()
-        return {"loss": round(float(np.mean(losses)), 4), "accuracy": round(float(np.mean(accs)), 4)}
+        history.append({"loss": round(float(np.mean(losses)), 4), "accuracy": round(float(np.mean(accs)), 4)})
+        print(f"held-out MLM {history[-1]}", file=sys.stderr, flush=True)
+        return -history[-1]["loss"]
 
-    history = [{"step": 0, **evaluate()}]
-    lengths = [len(x) for x in train_ids]
-    step, started = 0, time.time()
-    bar = tqdm(total=args.steps, desc="MLM pre-training", mininterval=5.0, unit="step")
-    model.train()
-    while step < args.steps:
-        for batch in bucketed_batches(lengths, args.batch_size, rng):
-            loss, _ = mlm_loss([train_ids[i] for i in batch], rng)
-            loss.backward()
-            optimizer.step()
-            optimizer.clear_grad()
-            schedule.step()
-            step += 1
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}", eval_loss=history[-1]["loss"])
-            if step % 1000 == 0 or step == args.steps:
-                history.append({"step": step, **evaluate()})
-                bar.write(f"step {step}: held-out MLM {history[-1]}")
-            if step >= args.steps:
-                break
-    bar.close()
+    opts = TrainOptions(
+        epochs=10**6,  # bounded by max_steps
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_ratio=0.05,
+        end_lr_ratio=0.05,
+        eval_every=args.eval_every,
+        patience=10**6,  # no early stop: the lowest held-out loss seen is kept
+        seed=args.seed,
+        checkpoint_dir=checkpoint_dir,
+    )
+    started = time.time()
+    result = _run_loop(
+        model,
+        len(train_ids),
+        [len(x) for x in train_ids],
+        lambda batch: mlm_loss([train_ids[i] for i in batch], mask_rng)[0],
+        evaluate,
+        opts,
+        "MLM pre-training",
+    )
+    step = result["steps"]
     with contextlib.redirect_stdout(io.StringIO()):
         model.ernie.save_pretrained(str(args.out))
         ErnieTokenizer(str(args.out / "vocab.txt")).save_pretrained(str(args.out))
@@ -173,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         "vocab_size": tokenizer.vocab_size,
         "steps": step,
         "epochs_seen": round(step * args.batch_size / max(1, len(train_ids)), 2),
-        "seconds": round(time.time() - started, 1),
-        "held_out_mlm": history,
-        "perplexity": round(math.exp(history[-1]["loss"]), 2),
+        "resumed_from_step": result["resumed_from_step"],
+        "seconds_this_run": round(time.time() - started, 1),
+        "held_out_mlm": [{"step": h["step"], "loss": -h["score"]} for h in result["dev_history"]],
+        "perplexity": round(
+            math.exp(-max(h["score"] for h in result["dev_history"])), 2
+        ),  # of the kept weights
     }
     (args.out / "pretrain.json").write_text(
         json.dumps(provenance, ensure_ascii=False, indent=2) + "\n", "utf-8"

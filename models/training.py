@@ -1,14 +1,18 @@
 """Training loops: classifier (cross-entropy, early stopping on dev macro-F1, temperature scaling) and
-sentence encoder (in-batch negatives, early stopping on dev MRR). Eager Paddle; shows progress with tqdm."""
+sentence encoder (in-batch negatives, early stopping on dev MRR); MLM pre-training (models/pretrain.py) runs
+on the same loop. Eager Paddle; shows progress with tqdm; resumable from a checkpoint folder."""
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -41,6 +45,9 @@ class TrainOptions:
         0  # encoder: BM25 pool per pair, one drawn per step (models/hard_negatives.py); 0 = none
     )
     progress: bool = True
+    end_lr_ratio: float = 0.0  # the learning rate decays linearly to learning_rate * this
+    # a folder: the loop saves its state there at every evaluation and, started again, resumes from it
+    checkpoint_dir: Path | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -64,7 +71,10 @@ def bucketed_batches(
 
 def _optimizer(net, total_steps: int, opts: TrainOptions):
     warmup = max(1, int(total_steps * opts.warmup_ratio))
-    decay = paddle.optimizer.lr.PolynomialDecay(opts.learning_rate, max(1, total_steps - warmup), end_lr=0.0)
+    end_lr = opts.learning_rate * opts.end_lr_ratio
+    decay = paddle.optimizer.lr.PolynomialDecay(
+        opts.learning_rate, max(1, total_steps - warmup), end_lr=end_lr
+    )
     schedule = paddle.optimizer.lr.LinearWarmup(decay, warmup, 0.0, opts.learning_rate)
     # biases, norms and the wide branch's n-gram table (mostly rows a batch never touches) are not decayed
     no_decay = {
@@ -119,7 +129,64 @@ class _EarlyStopper:
             net.set_state_dict({k: paddle.to_tensor(v) for k, v in self.best_state.items()})
 
 
+def _rename(state: dict, net, *, to_structured: bool) -> dict:
+    """An optimiser state with its keys (`<parameter name>_moment1_0` …) between Paddle's unique parameter
+    names, which differ from one process (or model built) to the next, and the structured names
+    (`ernie.embeddings.word_embeddings.weight`), which do not."""
+    pairs = [(p.name, n) for n, p in net.named_parameters()]
+    if not to_structured:
+        pairs = [(n, u) for u, n in pairs]
+    pairs.sort(key=lambda pair: len(pair[0]), reverse=True)  # the longest prefix first
+    out = {}
+    for key, value in state.items():
+        for old, new in pairs:
+            if key.startswith(old + "_"):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
+class _Checkpoint:
+    """The loop's state in a folder (weights, optimiser and schedule, step, sampler, dev history), written at
+    every evaluation so that a long run (pre-training: hours) can stop and go on from where it was."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def save(self, net, optimizer, step: int, rng: np.random.Generator, history: list[dict]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        paddle.save(net.state_dict(), str(self.folder / "model.pdparams.tmp"))
+        paddle.save(
+            _rename(optimizer.state_dict(), net, to_structured=True), str(self.folder / "optimizer.pdopt.tmp")
+        )
+        (self.folder / "loop.json.tmp").write_text(
+            json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history}), "utf-8"
+        )
+        for name in (
+            "model.pdparams",
+            "optimizer.pdopt",
+            "loop.json",
+        ):  # loop.json last: it marks a whole one
+            os.replace(self.folder / f"{name}.tmp", self.folder / name)
+
+    def load(self, net, optimizer, rng: np.random.Generator) -> tuple[int, list[dict]]:
+        """(step, history) of the saved state, now loaded into net, optimizer and rng; (0, []) when none."""
+        marker = self.folder / "loop.json"
+        if not marker.exists():
+            return 0, []
+        state = json.loads(marker.read_text("utf-8"))
+        net.set_state_dict(paddle.load(str(self.folder / "model.pdparams")))
+        optimizer.set_state_dict(
+            _rename(paddle.load(str(self.folder / "optimizer.pdopt")), net, to_structured=False)
+        )
+        rng.bit_generator.state = state["rng"]
+        return int(state["step"]), list(state["history"])
+
+
 def _run_loop(net, n_examples: int, lengths, step_fn, evaluate, opts: TrainOptions, desc: str) -> dict:
+    """Bucketed batches, AdamW with warm-up and linear decay, a dev evaluation every `eval_every` steps with
+    early stopping on it (the best weights are kept), resumable from `opts.checkpoint_dir`."""
     rng = np.random.default_rng(opts.seed)
     steps_per_epoch = math.ceil(n_examples / opts.batch_size)
     total = steps_per_epoch * opts.epochs
@@ -128,8 +195,14 @@ def _run_loop(net, n_examples: int, lengths, step_fn, evaluate, opts: TrainOptio
     eval_every = opts.eval_every or steps_per_epoch
     optimizer, schedule = _optimizer(net, total, opts)
     stopper = _EarlyStopper(opts.patience)
-    step, started, stop = 0, time.time(), False
-    bar = tqdm(total=total, desc=desc, disable=not opts.progress, mininterval=2.0, unit="step")
+    checkpoint = _Checkpoint(opts.checkpoint_dir) if opts.checkpoint_dir else None
+    resumed = 0
+    if checkpoint is not None:
+        resumed, stopper.history = checkpoint.load(net, optimizer, rng)
+        if resumed:
+            log.info("%s: resumed from %s at step %d", desc, checkpoint.folder, resumed)
+    step, started, stop = resumed, time.time(), False
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not opts.progress, mininterval=2.0, unit="step")
     net.train()
     while step < total and not stop:
         for batch in bucketed_batches(lengths, opts.batch_size, rng):
@@ -145,13 +218,20 @@ def _run_loop(net, n_examples: int, lengths, step_fn, evaluate, opts: TrainOptio
             if step % eval_every == 0 or step == total:
                 stop = stopper.update(net, evaluate(), step)
                 bar.set_postfix(loss=f"{float(loss):.4f}", best=f"{stopper.best:.4f}")
+                if checkpoint is not None:
+                    checkpoint.save(net, optimizer, step, rng, stopper.history)
             if step >= total or stop:
                 break
     bar.close()
     if not stopper.history or stopper.history[-1]["step"] != step:
         stopper.update(net, evaluate(), step)
     stopper.restore(net)
-    return {"steps": step, "seconds": round(time.time() - started, 1), "dev_history": stopper.history}
+    return {
+        "steps": step,
+        "resumed_from_step": resumed,
+        "seconds": round(time.time() - started, 1),
+        "dev_history": stopper.history,
+    }
 
 
 def train_classifier(

@@ -1,6 +1,9 @@
-"""MLM masking and corpus collection of the domain-adaptive pre-training."""
+"""MLM masking, corpus collection and resuming of the domain-adaptive pre-training."""
+
+import json
 
 import numpy as np
+import pytest
 
 from models.pretrain import collect_corpus, mask_tokens
 from models.vocab import build_char_vocab, write_vocab
@@ -44,3 +47,28 @@ def test_corpus_reads_train_splits_only_and_chunks_long_texts(tmp_path):
 def test_repo_demo_kb_phrasings_are_collected():
     texts, _ = collect_corpus([DATA / "faq_kb_demo"], chunk=62)
     assert len(texts) > 91 * 3  # questions, answers and alternatives
+
+
+@pytest.mark.slow
+def test_pretraining_resumes_from_its_last_checkpoint(tmp_path):
+    """Hours of pre-training are spread over several runs: a second run with more steps goes on from the
+    first run's last evaluation (weights, optimiser and schedule, sampler) instead of starting over."""
+    from models import pretrain
+
+    corpus = ["我的快递到哪了", "退款什么时候到账", "这个商品有没有优惠券", "怎么开发票", "能不能发顺丰"] * 40
+    write_jsonl(tmp_path / "data" / "train.jsonl", [{"text": f"{t}{i}"} for i, t in enumerate(corpus)])
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    common = ["--data", str(tmp_path / "data"), "--out", str(out), "--checkpoint-dir", str(ckpt)]
+    common += ["--arch", "micro", "--batch-size", "8", "--eval-every", "3", "--min-char-freq", "1"]
+    assert pretrain.main([*common, "--steps", "3"]) == 0
+    first = json.loads((out / "pretrain.json").read_text("utf-8"))
+    assert first["steps"] == 3 and first["resumed_from_step"] == 0
+    assert json.loads((ckpt / "loop.json").read_text("utf-8"))["step"] == 3
+
+    assert pretrain.main([*common, "--steps", "6"]) == 0
+    second = json.loads((out / "pretrain.json").read_text("utf-8"))
+    assert second["steps"] == 6 and second["resumed_from_step"] == 3
+    assert [h["step"] for h in second["held_out_mlm"]] == [3, 6]  # the first run's evaluation is kept
+
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "全新的语料库文本"}\n' * 50, "utf-8")
+    assert pretrain.main([*common, "--steps", "9"]) == 2  # another corpus: never mixed into that checkpoint
