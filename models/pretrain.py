@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from paddlenlp.transformers import ErnieForMaskedLM, ErnieTokenizer
 
     from models.modeling import ARCHS
-    from models.training import TrainOptions, _run_loop, seed_everything
+    from models.training import TrainOptions, run_loop, seed_everything
 
     seed_everything(args.seed)
     texts, files = collect_corpus(args.data, args.max_seq_len - 2)
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_dir=checkpoint_dir,
     )
     started = time.time()
-    result = _run_loop(
+    result = run_loop(
         model,
         len(train_ids),
         [len(x) for x in train_ids],

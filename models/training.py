@@ -184,7 +184,7 @@ class _Checkpoint:
         return int(state["step"]), list(state["history"])
 
 
-def _run_loop(net, n_examples: int, lengths, step_fn, evaluate, opts: TrainOptions, desc: str) -> dict:
+def run_loop(net, n_examples: int, lengths, step_fn, evaluate, opts: TrainOptions, desc: str) -> dict:
     """Bucketed batches, AdamW with warm-up and linear decay, a dev evaluation every `eval_every` steps with
     early stopping on it (the best weights are kept), resumable from `opts.checkpoint_dir`."""
     rng = np.random.default_rng(opts.seed)
@@ -267,7 +267,7 @@ def train_classifier(
         logits = forward_in_batches(net, tokenizer, dev_texts)
         return classification_report(logits, dev_y, labels)["macro_f1"]
 
-    info = _run_loop(net, len(train), [len(x) for x in ids], step_fn, evaluate, opts, "train classifier")
+    info = run_loop(net, len(train), [len(x) for x in ids], step_fn, evaluate, opts, "train classifier")
     logits = forward_in_batches(net, tokenizer, dev_texts)
     temperature = fit_temperature(logits, dev_y)
     report = classification_report(calibrated_probs(logits, temperature), dev_y, labels)
@@ -348,7 +348,7 @@ def train_encoder(
         return _retrieval(net, tokenizer, kb, queries, gold)["mrr"]
 
     lengths = [len(a) + len(b) for a, b in zip(ids_a, ids_b, strict=True)]
-    info = _run_loop(net, len(positives), lengths, step_fn, evaluate, opts, "train encoder")
+    info = run_loop(net, len(positives), lengths, step_fn, evaluate, opts, "train encoder")
     report = _retrieval(net, tokenizer, kb, queries, gold)
     extra = {"pairs_with_hard_negatives": sum(map(bool, negatives))} if opts.hard_negatives else {}
     return {**report, "training": info, "train_pairs": len(positives), **extra}
