@@ -39,6 +39,24 @@ class BodyTooLarge(Exception):
 Refuse = Callable[[Scope, str], Any]  # (scope, message) -> an ASGI app answering 413
 
 
+def limit_receive(receive: Receive, limit: int, too_large: Callable[[], Exception]) -> Receive:
+    """`receive` that raises `too_large()` as soon as the body read so far passes `limit` bytes: the one
+    body limiter of every service (this module's middleware, and the FAQ admin routes, whose limit depends
+    on the route)."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise too_large()
+        return message
+
+    return limited
+
+
 class BodyLimitMiddleware:
     """413 for a body over `limit` bytes: at once when Content-Length says so, else as soon as the streamed body
     passes the limit (whatever the app did with the error, the answer is the 413). Paths under
@@ -54,18 +72,15 @@ class BodyLimitMiddleware:
         if declared.isdigit() and int(declared) > self.limit:
             msg = f"request body of {int(declared)} bytes is over the limit of {self.limit} bytes"
             return await self.refuse(scope, msg)(scope, receive, send)
-        seen, exceeded, started = 0, False, False
+        exceeded, started = False, False
         over = f"request body over the limit of {self.limit} bytes"
 
-        async def limited_receive() -> Message:
-            nonlocal seen, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    exceeded = True
-                    raise BodyTooLarge(over)
-            return message
+        def too_large() -> Exception:
+            nonlocal exceeded
+            exceeded = True
+            return BodyTooLarge(over)
+
+        limited_receive = limit_receive(receive, self.limit, too_large)
 
         async def guarded_send(message: Message) -> None:
             nonlocal started

@@ -46,17 +46,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.faq.admin_http import (  # noqa: F401  (re-exported: the public names of the admin API)
-    AdminPrincipal,
-    FaqAdminSettings,
-    _bulk_body,
-    _route_class,
-    _who,
-    describe_validation,
-    error_response,
-    request_id_of,
-    require_admin_key,
-)
+from services.faq.admin_http import FaqAdminSettings, _bulk_body, _route_class, _who, require_admin_key
 from services.faq.admin_schemas import (
     FaqIn,
     FaqOut,
@@ -77,6 +67,13 @@ from services.faq.domain import FaqEntry, InvalidFaq
 from services.faq.store import Embedder, FaqStore
 
 log = logging.getLogger(__name__)
+__all__ = [
+    "FaqAdminSettings",
+    "create_admin_router",
+    "milvus_reindexer",
+    "require_admin_key",
+]  # the admin API
+
 audit = logging.getLogger("services.faq.admin.audit")
 
 # ── the router ──────────────────────────────────────────────────────────────────────────────────────

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import logging
 import re
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +18,9 @@ from fastapi.routing import APIRoute
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException
-from starlette.types import Message, Receive
 
+from services.common.http_errors import describe_validation, request_id
+from services.common.http_limits import limit_receive
 from services.faq.admin_schemas import (
     AdminError,
     EmbedderUnavailable,
@@ -110,13 +110,11 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (StoreUnavailable, 503, "store_unavailable"),
 ]
 STORE_RETRY_AFTER_S = 5
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
 def request_id_of(request: Request) -> str:
     """The caller's `X-Request-ID` when it is a plain token of at most 128 characters, else a new uuid4."""
-    rid = request.headers.get("x-request-id", "")
-    return rid if _REQUEST_ID.match(rid) else str(uuid.uuid4())
+    return request_id(request.headers.get("x-request-id"))
 
 
 def error_response(error: Exception, request_id: str) -> JSONResponse:
@@ -150,36 +148,10 @@ def error_response(error: Exception, request_id: str) -> JSONResponse:
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-def describe_validation(e: RequestValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
-        msg = err.get("msg", "invalid")
-        if err.get("type") == "json_invalid":
-            loc, msg = "body", f"not JSON ({(err.get('ctx') or {}).get('error', 'decode error')})"
-        parts.append(f"{loc or 'body'}: {msg}")
-    return "invalid request: " + "; ".join(parts)
-
-
 def _bulk_body(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Marks a route whose body may be as large as `max_import_bytes`."""
     fn._kefu_bulk_body = True  # type: ignore[attr-defined]
     return fn
-
-
-def _limited(receive: Receive, limit: int) -> Receive:
-    seen = 0
-
-    async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLarge(f"request body over {limit} bytes")
-        return message
-
-    return wrapped
 
 
 def _route_class(settings: FaqAdminSettings) -> type[APIRoute]:
@@ -202,7 +174,10 @@ def _route_class(settings: FaqAdminSettings) -> type[APIRoute]:
                         await dependency.before_body(request)
                     if declared.isdigit() and int(declared) > limit:
                         raise PayloadTooLarge(f"request body of {declared} bytes is over {limit} bytes")
-                    response = await handler(Request(request.scope, _limited(request.receive, limit)))
+                    limited = limit_receive(
+                        request.receive, limit, lambda: PayloadTooLarge(f"request body over {limit} bytes")
+                    )
+                    response = await handler(Request(request.scope, limited))
                 except Exception as e:
                     response = error_response(e, rid)
                 response.headers["X-Request-ID"] = rid

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -35,13 +34,14 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.http_errors import describe_validation
+from services.common.http_errors import request_id as request_id_of
 from services.common.http_limits import BodyLimitMiddleware, BodyTooLarge
 from services.gateway.errors import ApiError, error_body
 from services.gateway.redaction import install_log_redaction
 
 log = logging.getLogger("services.gateway")
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -83,10 +83,9 @@ class RequestIdMiddleware:
             return await self.app(scope, receive, send)
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        given = [v for k, v in scope.get("headers", ()) if k == b"x-request-id"]
-        rid = given[0].decode("latin-1") if given else ""
-        if not REQUEST_ID_RE.match(rid):
-            rid = str(uuid.uuid4())
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
+        rid = request_id_of(given)
+        if rid != given:  # none, or not a plain token: a new one, and the app sees that one
             scope["headers"] = [(k, v) for k, v in scope.get("headers", ()) if k != b"x-request-id"]
             scope["headers"].append((b"x-request-id", rid.encode()))
         scope.setdefault("state", {})["request_id"] = rid
@@ -103,22 +102,6 @@ def refuse_body(scope: Scope, message: str) -> JSONResponse:
     """The gateway's 413 for `BodyLimitMiddleware` (services/common/http_limits.py): the uniform error body."""
     rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
     return error_response(413, "body_too_large", message, rid, {"Connection": "close"})
-
-
-def describe_validation(e: RequestValidationError) -> str:
-    """`invalid request: texts.3: String should have at most 512 characters; ...` (field paths, no input)."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path", "header"))
-        msg = err.get("msg", "invalid")
-        if err.get("type") == "json_invalid":
-            loc, msg = "body", f"not JSON ({(err.get('ctx') or {}).get('error', 'decode error')})"
-        parts.append(f"{loc or 'body'}: {msg}")
-    return (
-        "invalid request: "
-        + "; ".join(parts[:10])
-        + (f" (and {len(parts) - 10} more)" if len(parts) > 10 else "")
-    )
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
+from services.common.http_errors import describe_validation
 from services.runtime.repository import ModelRepository, Task
 from services.worker.edge import AccessLogMiddleware, install_body_limit, set_header_limit
 from services.worker.errors import (
@@ -103,11 +104,7 @@ def error_response(error: WorkerError) -> JSONResponse:
 
 
 def _describe_validation(e: ValidationError | RequestValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        parts.append(f"{loc or 'body'}: {err.get('msg')}")
-    return "invalid inference request: " + "; ".join(parts)
+    return describe_validation(e, "invalid inference request", drop=("body",))
 
 
 def public_outputs(served: ServedVersion) -> list[MetadataTensor]:
