@@ -4,6 +4,7 @@ uniform error body, retries to another replica, breakers, and each degradation m
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -283,3 +284,29 @@ def test_admission_control_sheds_with_503_overloaded_and_recovers(tmp_path):
     assert served.status_code == 200, served.text
     assert registry.get_sample_value("kefu_gateway_shed_total", {"route": "/v1/chat"}) == 1
     assert registry.get_sample_value("kefu_gateway_shed_total", {"route": "/v1/intent"}) == 1
+
+
+def test_every_gateway_error_has_one_status_in_the_one_mapper():
+    """Core and edge code raise the classes of errors.py (no HTTP status in them); edge_http.STATUS is the only
+    place they become HTTP. A new class without a row would answer 500."""
+    from services.gateway import errors
+    from services.gateway.edge_http import STATUS
+
+    classes = {c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GatewayError)}
+    assert classes - {errors.GatewayError} == set(STATUS)
+    assert sorted(STATUS.values()) == [400, 401, 403, 429, 503]
+
+
+def test_no_gateway_module_speaks_http_status_outside_the_edge():
+    """`raise HTTPException` / status numbers in core modules were the old scheme (ApiError(503, ...))."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "services" / "gateway"
+    offenders = [
+        f"{p.name}:{n}"
+        for p in sorted(root.glob("*.py"))
+        if p.name not in ("edge_http.py",)
+        for n, line in enumerate(p.read_text("utf-8").splitlines(), 1)
+        if re.search(r"raise HTTPException\(|ApiError\(", line)
+    ]
+    assert offenders == []

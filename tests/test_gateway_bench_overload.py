@@ -66,7 +66,9 @@ def test_refused_clients_come_back_after_retry_after_not_at_once():
                 )
                 await reader.readexactly(length)
                 next(seen)
-                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}")
+                writer.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}"
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from services.gateway.edge import Edge, EdgeSettings
-from services.gateway.errors import ApiError
+from services.gateway.errors import InvalidInput
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import MemoryRateLimiter
 from services.gateway.security import DEMO_KEY, Principal, sha256_hex
@@ -309,9 +309,9 @@ async def test_request_id_echoed_or_generated(tmp_path):
 def test_check_text_names_its_field(tmp_path):
     edge = make_edge(tmp_path, max_text_chars=5)
     assert edge.check_text(" ＨＩ ") == "HI"
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(InvalidInput) as e:
         edge.check_text("abcdefg")
-    assert e.value.status == 400 and e.value.message.startswith("text: 7 characters")
+    assert isinstance(e.value, InvalidInput) and e.value.message.startswith("text: 7 characters")
 
 
 async def test_faq_admin_router_behind_the_edge(tmp_path):

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from services.gateway.errors import ApiError
+from services.gateway.errors import InvalidInput
 from services.gateway.redis_conn import connect
 from services.gateway.sessions import (
     MemorySessionStore,
@@ -148,9 +148,9 @@ async def test_bad_session_id_is_400(backend):
     make, _, _ = backend
     store = make()
     for bad in ("", "has space", "x" * 129, "键"):
-        with pytest.raises(ApiError) as e:
+        with pytest.raises(InvalidInput) as e:
             await store.get(SessionKey(TENANT, bad))
-        assert e.value.status == 400 and e.value.code == "invalid_session_id"
+        assert isinstance(e.value, InvalidInput) and e.value.code == "invalid_session_id"
 
 
 @pytest.mark.asyncio

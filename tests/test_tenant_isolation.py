@@ -15,7 +15,7 @@ from services.canary.backends import write_atomic
 from services.canary.routing import bucket, sticky_id
 from services.gateway.app import create_app
 from services.gateway.edge import EdgeSettings
-from services.gateway.errors import ApiError
+from services.gateway.errors import TooManyRequests
 from services.gateway.sessions import MemorySessionStore, Session, SessionKey
 from services.gateway.settings import GatewaySettings
 from tests.gateway_app import A, B, headers, write_keys
@@ -179,7 +179,7 @@ async def test_rate_limit_buckets_are_per_tenant_and_key(tmp_path):
     same = {"key_id": "jwt:user-1", "scopes": frozenset({"chat"}), "rate_per_s": 0.001, "burst": 1}
     a, b = Principal(tenant=TENANT_A, **same), Principal(tenant=TENANT_B, **same)  # one JWT subject
     await edge.rate_limit(a)
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(TooManyRequests) as e:
         await edge.rate_limit(a)
-    assert e.value.status == 429
+    assert isinstance(e.value, TooManyRequests)
     await edge.rate_limit(b)  # tenant A's empty bucket is not tenant B's

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.gateway.errors import ApiError, error_body
+from services.gateway.errors import Unavailable, error_body
 from services.gateway.metrics import GatewayMetrics
 
 LAG_PROBE_S = 0.02  # how often the event-loop lag is measured
@@ -151,11 +151,10 @@ class Admission:
         except TimeoutError:
             route = request.scope.get("route")
             self.metrics.shed.labels(getattr(route, "path", "other")).inc()
-            raise ApiError(
-                503,
+            raise Unavailable(
                 "overloaded",
                 f"the gateway is at capacity ({self.max_inflight} requests in flight); retry shortly",
-                {"Retry-After": str(self.retry_after_s)},
+                retry_after_s=str(self.retry_after_s),
             ) from None
         try:
             yield

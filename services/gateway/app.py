@@ -45,7 +45,7 @@ from services.faq.store import FaqStore
 from services.gateway.admission import Admission
 from services.gateway.cache import ResponseCache
 from services.gateway.edge import Edge, EdgeSettings
-from services.gateway.errors import ApiError
+from services.gateway.errors import GatewayError, InvalidInput, Unavailable
 from services.gateway.faq_admin import KbEmbedder, KbStore, kb_bm25_refresher, kb_reindexer
 from services.gateway.inference import ModelClient, ModelRouter
 from services.gateway.knowledge import (
@@ -129,14 +129,13 @@ def _texts(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _upstream_error(e: UpstreamError, retry_after: int) -> ApiError:
+def _upstream_error(e: UpstreamError, retry_after: int) -> GatewayError:
     if e.status == 400:
-        return ApiError(400, "invalid_text", f"the {e.upstream} model refused the input: {e.message}")
-    return ApiError(
-        503,
+        return InvalidInput("invalid_text", f"the {e.upstream} model refused the input: {e.message}")
+    return Unavailable(
         "upstream_unavailable",
         f"{e.upstream} is unavailable; retry later",
-        {"Retry-After": str(retry_after)},
+        retry_after_s=str(retry_after),
     )
 
 
@@ -327,11 +326,10 @@ def create_app(
         except UpstreamError as e:
             raise _upstream_error(e, settings.retry_after_s) from None
         except FaqUnavailable as e:
-            raise ApiError(
-                503,
+            raise Unavailable(
                 "faq_unavailable",
                 f"the knowledge base is unavailable: {e}",
-                {"Retry-After": str(settings.retry_after_s)},
+                retry_after_s=str(settings.retry_after_s),
             ) from None
         results = [FaqSearchResult(hits=[_hit(h) for h in per_text]) for per_text in hits]
         return FaqSearchResponse(request_id=request.state.request_id, model_version=version, results=results)

@@ -16,8 +16,8 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.edge_http import error_response
-from services.gateway.errors import ApiError
+from services.gateway.edge_http import gateway_error_response
+from services.gateway.errors import GatewayError
 from services.gateway.security import Principal
 
 
@@ -40,7 +40,7 @@ class AuthGate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         checked, started = False, False
-        refused: ApiError | None = None
+        refused: GatewayError | None = None
 
         async def gated_receive() -> Message:
             nonlocal checked, refused
@@ -50,7 +50,7 @@ class AuthGate:
                 if needed is not None and not isinstance(scope.get("state", {}).get("principal"), Principal):
                     try:
                         await self.admit(Request(scope), needed)
-                    except ApiError as e:
+                    except GatewayError as e:
                         refused = e
             if refused is not None:
                 return {"type": "http.disconnect"}
@@ -71,7 +71,7 @@ class AuthGate:
                 raise
         if refused is not None and not started:
             rid = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
-            response = error_response(refused.status, refused.code, refused.message, rid, refused.headers)
+            response = gateway_error_response(refused, rid)
             await response(scope, receive, send)
 
     def _needed_scope(self, route: Any) -> str | None:

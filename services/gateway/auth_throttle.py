@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
-from services.gateway.errors import ApiError
+from services.gateway.errors import TooManyRequests
 from services.gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,11 @@ class FailedAuthThrottle:
         self._blocks.clear()
 
 
-def throttled(seconds: float) -> ApiError:
+def throttled(seconds: float) -> TooManyRequests:
     """429 `auth_throttled` with `Retry-After` (whole seconds, at least 1)."""
     retry = str(max(1, math.ceil(seconds)))
-    return ApiError(
-        429,
+    return TooManyRequests(
         "auth_throttled",
         f"too many refused credentials from this address; retry after {retry} s",
-        {"Retry-After": retry},
+        retry_after_s=retry,
     )

@@ -39,13 +39,12 @@ from fastapi import FastAPI, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from starlette.exceptions import HTTPException
 
 from services.gateway.auth_gate import AuthGate
 from services.gateway.auth_throttle import FailedAuthThrottle, client_address, parse_networks, throttled
 from services.gateway.cache import MemoryCache, RedisCache, ResponseCache
 from services.gateway.edge_http import install_http
-from services.gateway.errors import ApiError
+from services.gateway.errors import Forbidden, InvalidInput, TooManyRequests, Unauthenticated
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from services.gateway.redaction import install_log_redaction
@@ -270,7 +269,7 @@ class Edge:
 
     def install(self, app: FastAPI) -> None:
         """Request-id middleware (X-Request-ID in/out; request.state.request_id), body-size limit (413 before
-        reading more than max_body_bytes), exception handlers rendering ApiError / RequestValidationError (400
+        reading more than max_body_bytes), exception handlers rendering GatewayError / RequestValidationError (400
         naming the field) / HTTPException / any Exception (500, logged with traceback, body without details) in
         the uniform error body, and PII-redacting log configuration (again at ASGI start-up)."""
         # added first = innermost: after the request id and the declared-size 413, before the body is read
@@ -286,7 +285,7 @@ class Edge:
     async def authenticate(
         self, request: Request, api_key: str | None, bearer: HTTPAuthorizationCredentials | None
     ) -> Principal:
-        """The caller's principal; ApiError 401, or 429 `auth_throttled` while the client address is blocked
+        """The caller's principal; `Unauthenticated`, or 429 `auth_throttled` while the client address is blocked
         for too many refused credentials (whatever it sends then)."""
         address = self.client_address(request)
         blocked = await self.auth_throttle.blocked_for(address)
@@ -296,22 +295,15 @@ class Edge:
         if not token and bearer is not None:  # the raw header: FastAPI's parser strips non-ASCII spaces too
             token = request.headers.get("authorization", "").partition(" ")[2] or bearer.credentials
         if not token:
-            challenge = {"WWW-Authenticate": 'Bearer realm="kefu"'}
             if request.headers.get("authorization"):
-                raise ApiError(
-                    401, "unauthorized", "Authorization must be 'Bearer <key or token>'", challenge
-                )
-            raise ApiError(
-                401,
+                raise Unauthenticated("unauthorized", "Authorization must be 'Bearer <key or token>'")
+            raise Unauthenticated(
                 "unauthorized",
                 "missing credentials: send X-API-Key: <key> or Authorization: Bearer",
-                challenge,
             )
         try:  # trim ASCII blanks only: a non-ASCII space is refused by the authenticator, not trimmed
             return self.auth.authenticate(token.strip(" \t"))
-        except ApiError as e:
-            if e.status != 401:
-                raise
+        except Unauthenticated:
             blocked = await self.auth_throttle.failed(address)
             if blocked > 0:
                 raise throttled(blocked) from None
@@ -326,18 +318,17 @@ class Edge:
         return principal
 
     async def rate_limit(self, principal: Principal) -> None:
-        """ApiError 429 `rate_limited` (with Retry-After) when the principal's bucket is empty."""
+        """`TooManyRequests` `rate_limited` (with Retry-After) when the principal's bucket is empty."""
         decision = await self.limiter.acquire(
             f"{principal.tenant}:{principal.key_id}", principal.rate_per_s, principal.burst
         )
         if not decision.allowed:
             self.metrics.rate_limited.labels(tenant=principal.tenant).inc()
-            raise ApiError(
-                429,
+            raise TooManyRequests(
                 "rate_limited",
                 f"rate limit of this key exceeded ({principal.rate_per_s:g}/s, burst {principal.burst}); "
                 f"retry after {decision.retry_after_header} s",
-                {"Retry-After": decision.retry_after_header},
+                retry_after_s=decision.retry_after_header,
             )
 
     def require(self, scope: str) -> Callable[..., Awaitable[Principal]]:
@@ -364,16 +355,11 @@ class Edge:
         return principal_with_scope
 
     def admin_dependency(self, scope: str = "admin") -> Callable[..., Awaitable[Principal]]:
-        """`require(scope)` for the FAQ admin router: raises its `Unauthorized` / `Forbidden` (which it renders
-        in the same uniform body) instead of ApiError, which it would answer with a 500."""
-        from services.faq import admin as faq_admin
-        from services.faq.admin_schemas import Forbidden, Unauthorized
+        """`require(scope)` for the FAQ admin router: raises the admin's own `Unauthorized` / `Forbidden` /
+        `RateLimited` (which its error mapper renders in the same uniform body)."""
+        from services.faq import admin_schemas as admin
 
         inner = self.require(scope)
-        status = getattr(faq_admin, "STATUS", None)
-        if status is None:  # the admin router's error map moved to its HTTP module
-            from services.faq.admin_http import STATUS as status
-        rate_limited_cls = next((cls for cls, _, code in status if code == "rate_limited"), None)
 
         async def admin_principal(
             request: Request,
@@ -382,16 +368,14 @@ class Edge:
         ) -> Principal:
             try:
                 return await inner(request, api_key, bearer)
-            except ApiError as e:
-                if e.status == 401:
-                    raise Unauthorized(e.message) from None
-                if e.status == 403:
-                    raise Forbidden(e.message) from None
-                if e.status == 429 and rate_limited_cls is not None:
-                    error = rate_limited_cls(e.message)
-                    error.retry_after_s = int(e.headers["Retry-After"])
-                    raise error from None
-                raise HTTPException(e.status, e.message, e.headers) from None
+            except Unauthenticated as e:
+                raise admin.Unauthorized(e.message) from None
+            except Forbidden as e:
+                raise admin.Forbidden(e.message) from None
+            except TooManyRequests as e:
+                error = admin.RateLimited(e.message)
+                error.retry_after_s = int(e.retry_after_s or 1)
+                raise error from None
 
         admin_principal.kefu_auth_scope = scope  # type: ignore[attr-defined]  (AuthGate reads it)
         return admin_principal
@@ -403,25 +387,23 @@ class Edge:
         normalised texts (NFKC, full-width→half-width, whitespace collapsed), sensitive words masked."""
         s = self.settings
         if not isinstance(texts, list):
-            raise ApiError(400, "invalid_texts", f"{field}: must be a list of strings")
+            raise InvalidInput("invalid_texts", f"{field}: must be a list of strings")
         if not texts:
-            raise ApiError(400, "no_texts", f"{field}: at least one text is required")
+            raise InvalidInput("no_texts", f"{field}: at least one text is required")
         if len(texts) > s.max_list_size:
-            raise ApiError(
-                400,
+            raise InvalidInput(
                 "too_many_texts",
                 f"{field}: {len(texts)} texts, at most {s.max_list_size} in one request",
             )
         out = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise ApiError(400, "invalid_text", f"{field}[{i}]: must be a string")
+                raise InvalidInput("invalid_text", f"{field}[{i}]: must be a string")
             clean = self.normalizer.normalize(text)
             if not clean:
-                raise ApiError(400, "empty_text", f"{field}[{i}]: empty (after trimming whitespace)")
+                raise InvalidInput("empty_text", f"{field}[{i}]: empty (after trimming whitespace)")
             if len(clean) > s.max_text_chars:
-                raise ApiError(
-                    400,
+                raise InvalidInput(
                     "text_too_long",
                     f"{field}[{i}]: {len(clean)} characters, at most {s.max_text_chars}",
                 )
@@ -432,7 +414,7 @@ class Edge:
         """`check_texts` for one text; errors name `field` (e.g. `text: empty ...`)."""
         try:
             return self.check_texts([text])[0]
-        except ApiError as e:
+        except InvalidInput as e:
             e.message = e.message.replace("texts[0]", field, 1)
             raise
 

@@ -7,7 +7,7 @@ handlers, all answering the uniform body of `errors.error_body`:
 
 | raised | status | code |
 |---|---|---|
-| `ApiError` | its own | its own |
+| `GatewayError` (errors.py) | by class (`STATUS`): `InvalidInput` 400, `Unauthenticated` 401, `Forbidden` 403, `TooManyRequests` 429, `Unavailable` 503 | its own |
 | body over the limit (declared or streamed) | 413 | `body_too_large` |
 | `RequestValidationError` (FastAPI's request parsing) | 400 | `invalid_request`, the message names each field |
 | `HTTPException` (404 unknown route, 405 ...) | its own | `not_found`, `method_not_allowed`, ... |
@@ -37,7 +37,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.http_errors import describe_validation
 from services.common.http_errors import request_id as request_id_of
 from services.common.http_limits import BodyLimitMiddleware, BodyTooLarge
-from services.gateway.errors import ApiError, error_body
+from services.gateway.errors import (
+    Forbidden,
+    GatewayError,
+    InvalidInput,
+    TooManyRequests,
+    Unauthenticated,
+    Unavailable,
+    error_body,
+)
 from services.gateway.redaction import install_log_redaction
 
 log = logging.getLogger("services.gateway")
@@ -104,9 +112,28 @@ def refuse_body(scope: Scope, message: str) -> JSONResponse:
     return error_response(413, "body_too_large", message, rid, {"Connection": "close"})
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, request_id(request), exc.headers)
+STATUS: dict[type[GatewayError], int] = {
+    InvalidInput: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    TooManyRequests: 429,
+    Unavailable: 503,
+}
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kefu"'}
+
+
+def gateway_error_response(exc: GatewayError, rid: str) -> JSONResponse:
+    """The one mapping of the gateway's errors to HTTP: status by class, `Retry-After`, the 401 challenge."""
+    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+    headers = dict(CHALLENGE) if isinstance(exc, Unauthenticated) else {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = exc.retry_after_s
+    return error_response(status, exc.code, exc.message, rid, headers)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    return gateway_error_response(exc, request_id(request))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -116,8 +143,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    if isinstance(exc.__cause__, ApiError):  # FastAPI wraps errors raised while reading the body
-        return await _api_error(request, exc.__cause__)
+    if isinstance(exc.__cause__, GatewayError):  # FastAPI wraps errors raised while reading the body
+        return await _gateway_error(request, exc.__cause__)
     if isinstance(exc.__cause__, BodyTooLarge):
         return await _body_too_large(request, exc.__cause__)
     code = HTTP_CODES.get(exc.status_code, "http_error")
@@ -143,7 +170,7 @@ def install_http(app: FastAPI, max_body_bytes: int, exempt_prefixes: Sequence[st
     )
     app.add_middleware(RequestIdMiddleware)  # added last = outermost
     handlers: list[tuple[Any, Any]] = [
-        (ApiError, _api_error),
+        (GatewayError, _gateway_error),
         (BodyTooLarge, _body_too_large),
         (RequestValidationError, _validation_error),
         (HTTPException, _http_error),

@@ -1,30 +1,50 @@
-"""The gateway's one error type and its wire body.
+"""The gateway's errors (no HTTP here) and its wire body.
 
-Anything in the gateway that refuses a request raises `ApiError(status, code, message)`; `edge.py` alone turns
-it (and FastAPI's own validation / HTTP errors, and unexpected exceptions) into the uniform body
+Code anywhere in the gateway (core or edge) that refuses a request raises one of the classes below with a
+stable snake_case `code` and a `message` safe to show to the caller (it never echoes user text beyond what
+they sent, and never carries internals). `edge_http.py` alone maps them to HTTP (its `STATUS` table, KServe
+style: one mapper per service), together with FastAPI's own validation / HTTP errors and unexpected
+exceptions, into the uniform body
 
     {"error": {"code": "rate_limited", "message": "...", "request_id": "..."}}
 
-which is the same shape the FAQ admin router (`services/faq/admin.py`) answers with. `code` is a stable,
-machine-readable snake_case token; `message` is safe to show to the caller (it never echoes user text beyond
-what they sent, and never carries internals).
+which is the same shape the FAQ admin router (`services/faq/admin.py`) answers with.
 """
 
 from __future__ import annotations
 
 
-class ApiError(Exception):
-    """Raised anywhere in the gateway; rendered as {"error": {"code", "message", "request_id"}}."""
+class GatewayError(Exception):
+    """A request refused for a reason the caller can act on. `retry_after_s`: when trying again makes sense."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, code: str, message: str, *, retry_after_s: int | str | None = None):
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
-        self.headers = dict(headers or {})
+        self.retry_after_s = None if retry_after_s is None else str(retry_after_s)
 
     def __repr__(self) -> str:
-        return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
+        return f"{type(self).__name__}({self.code!r}, {self.message!r})"
+
+
+class InvalidInput(GatewayError):
+    """The request itself is wrong: a text, a session id, what a model refused."""
+
+
+class Unauthenticated(GatewayError):
+    """No credential, or one that is not valid."""
+
+
+class Forbidden(GatewayError):
+    """A valid credential without the scope the route needs."""
+
+
+class TooManyRequests(GatewayError):
+    """The caller's key is over its rate, or its address is blocked after refused credentials."""
+
+
+class Unavailable(GatewayError):
+    """The gateway cannot answer now (overloaded, its upstreams down); retry after `retry_after_s`."""
 
 
 def error_body(code: str, message: str, request_id: str) -> dict:

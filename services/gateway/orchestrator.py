@@ -41,7 +41,7 @@ import numpy as np
 from services.common.logthrottle import LogThrottle
 from services.faq.domain import FaqHit
 from services.gateway.cache import ResponseCache, cache_key
-from services.gateway.errors import ApiError
+from services.gateway.errors import Unavailable
 from services.gateway.inference import ClassPrediction, ModelClient
 from services.gateway.knowledge import KEYWORDS_VERSION, FaqUnavailable, KnowledgeBase
 from services.gateway.metrics import GatewayMetrics
@@ -265,11 +265,10 @@ class Orchestrator:
             else:
                 answers[name] = result
         if not answers:
-            raise ApiError(
-                503,
+            raise Unavailable(
                 "upstreams_unavailable",
                 "the models and the knowledge base are unavailable; retry later",
-                {"Retry-After": str(self.settings.retry_after_s)},
+                retry_after_s=str(self.settings.retry_after_s),
             )
         intent = answers["intent"][1][0] if "intent" in answers else None
         sentiment = answers["sentiment"][1][0] if "sentiment" in answers else None

@@ -12,7 +12,7 @@
 - `refuse_placeholders` stops a production start with the shipped demo key or a weak / placeholder /
   low-entropy JWT secret (`secret_strength_problem` states the rule); no message ever quotes the secret.
 
-Nothing here knows HTTP beyond raising `ApiError` 401 / 403; `edge.py` reads the headers.
+Nothing here knows HTTP: it raises `Unauthenticated` / `Forbidden`; `edge.py` reads the headers.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import jwt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.gateway.errors import ApiError
+from services.gateway.errors import Forbidden, Unauthenticated
 
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 DEMO_KEYS_FILE = DEFAULTS_DIR / "api_keys.yaml"
@@ -107,7 +107,7 @@ def load_key_records(path: Path) -> list[KeyRecord]:
 
 
 class Authenticator:
-    """Turns a presented credential into a `Principal`, or raises ApiError 401."""
+    """Turns a presented credential into a `Principal`, or raises `Unauthenticated`."""
 
     def __init__(
         self,
@@ -171,12 +171,10 @@ class Authenticator:
     def authenticate(self, token: str) -> Principal:
         """An API key or (when enabled) a JWT."""
         if not CREDENTIAL_RE.match(token):
-            raise ApiError(
-                401,
+            raise Unauthenticated(
                 "unauthorized",
                 "invalid credentials: only printable ASCII is allowed (no non-ASCII or non-breaking spaces, "
                 "no control characters)",
-                _challenge(),
             )
         if self._jwt_keys and looks_like_jwt(token):
             return self._from_jwt(token)
@@ -189,18 +187,18 @@ class Authenticator:
             if hmac.compare_digest(digest, known):
                 found = principal
         if found is None:
-            raise ApiError(401, "unauthorized", "invalid API key", _challenge())
+            raise Unauthenticated("unauthorized", "invalid API key")
         return found
 
     def _from_jwt(self, token: str) -> Principal:
         try:
             alg = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError:
-            raise ApiError(401, "unauthorized", "invalid token: malformed header", _challenge()) from None
+            raise Unauthenticated("unauthorized", "invalid token: malformed header") from None
         key = self._jwt_keys.get(alg or "")
         if key is None:
             allowed = ", ".join(sorted(self._jwt_keys))
-            raise ApiError(401, "unauthorized", f"invalid token: algorithm must be {allowed}", _challenge())
+            raise Unauthenticated("unauthorized", f"invalid token: algorithm must be {allowed}")
         try:
             claims = jwt.decode(
                 token,
@@ -212,37 +210,29 @@ class Authenticator:
                 options={"require": ["exp", "iat"], "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
-            raise ApiError(401, "unauthorized", "invalid token: expired", _challenge()) from None
+            raise Unauthenticated("unauthorized", "invalid token: expired") from None
         except jwt.PyJWTError as e:
-            raise ApiError(401, "unauthorized", f"invalid token: {_jwt_reason(e)}", _challenge()) from None
+            raise Unauthenticated("unauthorized", f"invalid token: {_jwt_reason(e)}") from None
         lifetime = int(claims["exp"]) - int(claims["iat"])  # both checked as integers by PyJWT
         if lifetime > self._max_lifetime_s:
-            raise ApiError(
-                401,
+            raise Unauthenticated(
                 "unauthorized",
                 f"invalid token: lifetime (exp - iat) of {lifetime} s is over the limit of "
                 f"{self._max_lifetime_s:g} s",
-                _challenge(),
             )
         tenant = claims.get(self._tenant_claim)
         if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
-            raise ApiError(
-                401,
+            raise Unauthenticated(
                 "unauthorized",
                 f"invalid token: claim {self._tenant_claim!r} must be a tenant id (letters, digits, _ . -)",
-                _challenge(),
             )
         if tenant not in self._jwt_tenants:
-            raise ApiError(
-                401, "unauthorized", f"invalid token: tenant {tenant!r} is not configured", _challenge()
-            )
+            raise Unauthenticated("unauthorized", f"invalid token: tenant {tenant!r} is not configured")
         scopes = claims.get("scope", claims.get("scopes", ""))
         if isinstance(scopes, str):
             scopes = scopes.split()
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-            raise ApiError(
-                401, "unauthorized", "invalid token: `scope` must be a string or a list", _challenge()
-            )
+            raise Unauthenticated("unauthorized", "invalid token: `scope` must be a string or a list")
         sub = claims.get("sub")
         sub = sub if isinstance(sub, str) and re.fullmatch(r"[A-Za-z0-9_.:@-]{1,64}", sub) else "anonymous"
         return Principal(
@@ -256,7 +246,7 @@ class Authenticator:
 
 def require_scope(principal: Principal, scope: str) -> None:
     if scope not in principal.scopes:
-        raise ApiError(403, "forbidden", f"this credential lacks the {scope} scope")
+        raise Forbidden("forbidden", f"this credential lacks the {scope} scope")
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -278,10 +268,6 @@ def _jwt_reason(e: Exception) -> str:
     if isinstance(e, jwt.InvalidIssuedAtError):
         return "`iat` must be an integer"
     return "malformed"
-
-
-def _challenge() -> dict[str, str]:
-    return {"WWW-Authenticate": 'Bearer realm="kefu"'}
 
 
 # ── placeholder secrets ─────────────────────────────────────────────────────────────────────────────

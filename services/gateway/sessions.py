@@ -37,7 +37,7 @@ from cachetools import TTLCache
 from redis.exceptions import RedisError
 
 from services.canary.routing import sticky_id
-from services.gateway.errors import ApiError
+from services.gateway.errors import InvalidInput
 from services.gateway.redaction import redact
 from services.gateway.slots import DEFAULT_EXTRACTOR, SlotExtractor, extract_slots
 
@@ -156,8 +156,8 @@ def text_digest(text: str) -> str:
 
 def check_session_id(session_id: str) -> str:
     if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
-        raise ApiError(
-            400, "invalid_session_id", "session_id must be 1-128 characters of letters, digits, _ . : -"
+        raise InvalidInput(
+            "invalid_session_id", "session_id must be 1-128 characters of letters, digits, _ . : -"
         )
     return session_id
 
@@ -229,7 +229,7 @@ class RedisSessionStore:
             return Session(key)
         try:
             session = Session.from_json(raw)
-        except (ValueError, KeyError, TypeError, ApiError):
+        except (ValueError, KeyError, TypeError, InvalidInput):
             log.warning("sessions: unreadable session value in Redis; starting afresh")
             return Session(key)
         if session.key != key:  # never hand out another conversation's state, whatever the value says
