@@ -145,7 +145,11 @@ async def closed_loop(
                 if not ok:
                     # Retry-After with jitter (× 0.5–1.5), as client libraries do: without it every refused
                     # client comes back in the same millisecond, a wave the next refusal waits behind
-                    wait = float(retry_after) * rng.uniform(0.5, 1.5) if retry_after and retry_after.isdigit() else 0.01
+                    wait = (
+                        float(retry_after) * rng.uniform(0.5, 1.5)
+                        if retry_after and retry_after.isdigit()
+                        else 0.01
+                    )
                     await asyncio.sleep(min(wait, max(0.0, window_end - time.perf_counter())))
 
     async def progress() -> None:

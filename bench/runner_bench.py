@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.corpus import load_classification, load_pairs
+from models.corpus import load_classification
+from services.faq.records import load_pairs
 from services.runtime.repository import ModelRepository, Task
 from services.runtime.runner import PaddleRunner, RunnerSettings
 

@@ -144,7 +144,8 @@ def export_checkpoint(
 
 
 def _texts(path: Path, task: Task) -> list[str]:
-    from models.corpus import load_classification, load_pairs
+    from models.corpus import load_classification
+    from services.faq.records import load_pairs
 
     if task == Task.CLASSIFICATION:
         return [e.text for e in load_classification(path)]

@@ -11,17 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-# The readers the serving tools need live on the serving side (serving never imports training code);
-# they are re-exported here for training and evaluation.
-from services.faq.records import (  # noqa: F401 (re-exported)
-    DataError,
-    PairExample,
-    load_pairs,
-    raise_problems,
-    read_records,
-    retrieval_split,
-    text_field,
-)
+# The readers the serving tools need (pairs, records, DataError) live on the serving side, which never imports
+# training code: import them from services.faq.records.
+from services.faq.records import raise_problems, read_records, text_field
 
 
 @dataclass(frozen=True)

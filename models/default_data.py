@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-from models.corpus import read_records
 from models.hard_negatives import mine_hard_negatives
 from models.sentiment_data import REQUEST_INTENTS, build_split
+from services.faq.records import read_records
 
 
 def _write(path: Path, rows: list[dict]) -> None:

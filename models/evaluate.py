@@ -18,9 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from models.baselines import bm25_retrieval, tfidf_logreg, tfidf_retrieval
-from models.corpus import DataError, load_classification, load_pairs, retrieval_split
+from models.corpus import load_classification
 from models.metrics import classification_report, retrieval_report
-from services.faq.records import open_version  # also re-exported: `models.evaluate.open_version`
+from services.faq.records import (
+    DataError,
+    load_pairs,
+    open_version,  # also re-exported: `models.evaluate.open_version`
+    retrieval_split,
+)
 from services.runtime.repository import ModelVersion, RepositoryError, Task
 from services.runtime.runner import PaddleRunner, RunnerSettings
 

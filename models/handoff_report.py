@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.corpus import read_records
 from models.sentiment_data import ANGRY_CS_SOURCES, NEUTRAL_CS_SOURCES, REQUEST_INTENTS
+from services.faq.records import read_records
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 HANDOFF_INTENTS = ("投诉", "转人工")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.corpus import read_records
 from models.vocab import build_char_vocab, write_vocab
+from services.faq.records import read_records
 from services.runtime.tokenizer import SPECIAL_TOKENS, ErnieTextTokenizer
 
 TEXT_FIELDS = ("text", "text_a", "text_b", "question", "answer", "query")

@@ -33,7 +33,7 @@ import random
 import re
 from pathlib import Path
 
-from models.corpus import read_records
+from services.faq.records import read_records
 
 LABELS = ("negative", "neutral", "positive")
 REVIEWS = ("waimai_10k", "online_shopping_10_cats")

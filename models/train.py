@@ -20,8 +20,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from models.corpus import DataError, file_sha256, label_set, load_classification, load_pairs
+from models.corpus import file_sha256, label_set, load_classification
 from models.vocab import build_char_vocab, write_vocab
+from services.faq.records import DataError, load_pairs
 from services.runtime.tokenizer import ErnieTextTokenizer, TokenizerSettings
 
 TASK_ALIASES = {"intent": "classification", "sentiment": "classification", "faq": "embedding"}

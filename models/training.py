@@ -20,10 +20,11 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from models.calibration import calibrated_probs, fit_temperature
-from models.corpus import PairExample, TextExample, retrieval_split
+from models.corpus import TextExample
 from models.hard_negatives import labelled_negatives, positive_groups
 from models.metrics import classification_report, expected_calibration_error, retrieval_report
 from models.modeling import ErnieClassifier, ErnieSentenceEncoder
+from services.faq.records import PairExample, retrieval_split
 from services.runtime.tokenizer import ErnieTextTokenizer
 
 log = logging.getLogger(__name__)

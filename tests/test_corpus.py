@@ -2,8 +2,9 @@
 
 import pytest
 
-from models.corpus import DataError, load_classification, load_pairs, read_records, retrieval_split
+from models.corpus import load_classification
 from models.train import main as train_main
+from services.faq.records import DataError, load_pairs, read_records, retrieval_split
 from tests.conftest import write_jsonl
 
 
@@ -66,7 +67,7 @@ def test_csv_formats(tmp_path):
 
 
 def test_retrieval_split_uses_positive_pairs_only():
-    from models.corpus import PairExample
+    from services.faq.records import PairExample
 
     kb, queries, gold = retrieval_split(
         [

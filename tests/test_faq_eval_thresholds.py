@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from models.corpus import DataError
 from services.faq.evaluate import evaluate_store, rank_report
+from services.faq.records import DataError
 from services.faq.testing import HashingEmbedder
 from services.faq.thresholds import calibrate, load, lowest_threshold, write
 from tests import demo_kb

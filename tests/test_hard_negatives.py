@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
 
-from models.corpus import PairExample
 from models.default_data import faq_train_rows
 from models.hard_negatives import (
     Bm25Index,
@@ -16,6 +15,7 @@ from models.hard_negatives import (
     mine_hard_negatives,
     positive_groups,
 )
+from services.faq.records import PairExample
 
 CORPUS = [
     "忘记登录密码怎么办",

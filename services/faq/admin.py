@@ -62,7 +62,7 @@ from services.faq.admin_schemas import (
     export_chunks,
     parse_import,
 )
-from services.faq.admin_service import ADMIN_SCOPE, Bm25Refresher, FaqAdmin, Reindexer, _now  # noqa: F401
+from services.faq.admin_service import Bm25Refresher, FaqAdmin, Reindexer, _now
 from services.faq.domain import FaqEntry, InvalidFaq
 from services.faq.store import Embedder, FaqStore
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from services.faq.admin_http import ADMIN_SCOPE, FaqAdminSettings  # noqa: F401 (re-exported)
+from services.faq.admin_http import FaqAdminSettings
 from services.faq.admin_schemas import (
     EmbedderUnavailable,
     FaqExists,
