@@ -28,8 +28,30 @@ class Backend(Protocol):
     def health(self) -> None:
         """Raise if the engine cannot run a tiny input."""
 
+    def alive(self) -> bool:
+        """Cheap, no inference: False once the engine is gone for good (an engine process that died)."""
 
-class PaddleBackend:
+    def close(self) -> None:
+        """Release the engine (the version is unloaded or the worker stops)."""
+
+
+class InProcessBackend:
+    """An engine inside this process: alive as long as the process is, released with it."""
+
+    def infer(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def health(self) -> None:
+        self.infer(np.array([[1, 2]], dtype=np.int64))
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+
+class PaddleBackend(InProcessBackend):
     name = "paddle"
 
     def __init__(self, version: ModelVersion, runner_settings=None):
@@ -41,11 +63,8 @@ class PaddleBackend:
     def infer(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         return self._runner.run(input_ids)
 
-    def health(self) -> None:
-        self.infer(np.array([[1, 2]], dtype=np.int64))
 
-
-class FakeBackend:
+class FakeBackend(InProcessBackend):
     """Outputs are a pure function of each row's ids, so batching and ordering can be checked exactly.
 
     `delay_s` sleeps per batch (simulating compute, GIL released); `fail_when(input_ids)` returning True
@@ -91,9 +110,6 @@ class FakeBackend:
         else:
             out = raw / np.linalg.norm(raw, axis=1, keepdims=True)
         return {self.output_name: out.astype(np.float32)}
-
-    def health(self) -> None:
-        self.infer(np.array([[1, 2]], dtype=np.int64))
 
 
 def create_backend(kind: str, version: ModelVersion) -> Backend:

@@ -107,8 +107,7 @@ class ServedVersion:
     @property
     def alive(self) -> bool:
         """False once the engine behind this version is gone (an engine process that died)."""
-        check = getattr(self.backend, "alive", None)
-        return bool(check()) if check is not None else True
+        return self.backend.alive()
 
     @property
     def hung(self) -> bool:
@@ -142,9 +141,7 @@ class ServedVersion:
     async def close(self, drain: bool = True) -> None:
         """Stop the batcher (letting queued texts finish when `drain`), then release the engine."""
         await self.batcher.close(drain=drain)
-        close_backend = getattr(self.backend, "close", None)
-        if close_backend is not None:
-            await asyncio.to_thread(close_backend)
+        await asyncio.to_thread(self.backend.close)
 
     async def infer(self, texts: list[str], timeout_s: float) -> list[dict[str, np.ndarray]]:
         """All texts of a request are admitted together or refused together; if one fails, the rest are

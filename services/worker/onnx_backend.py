@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from services.runtime.repository import MANIFEST, ModelVersion, sha256_file
+from services.worker.backends import InProcessBackend
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _cpu_threads() -> int:
     return threads
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(InProcessBackend):
     name = "onnxruntime"
 
     def __init__(self, version: ModelVersion):
@@ -240,9 +241,6 @@ class OnnxRuntimeBackend:
             )
         results = self._session.run(self._actual_outputs, {self._input_name: np.ascontiguousarray(input_ids)})
         return dict(zip(self._output_names, results, strict=True))
-
-    def health(self) -> None:
-        self.infer(np.array([[1, 2]], dtype=np.int64))
 
 
 def main(argv: list[str] | None = None) -> int:
