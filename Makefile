@@ -42,7 +42,7 @@ $(REPO)/.built: | $(VENV)/.installed
 
 run: setup $(REPO)/.built ## set up, build the default models if missing, run worker + FAQ store (demo KB) + gateway on $(HOST):$(GATEWAY_PORT) (Ctrl-C stops all)
 	@$(PY) -m services.runtime.status --repository $(REPO)
-	$(PY) -m services.gateway.stack --repository $(REPO) --host $(HOST) --port $(GATEWAY_PORT) --worker-port $(WORKER_PORT) --worker-processes $(WORKER_PROCESSES)
+	$(PY) -m services.stack --repository $(REPO) --host $(HOST) --port $(GATEWAY_PORT) --worker-port $(WORKER_PORT) --worker-processes $(WORKER_PROCESSES)
 
 test: setup ## run the test suite
 	$(PY) -m pytest -q

@@ -3,7 +3,7 @@
     python -m bench.chat_parity run --repository model_repository --out /tmp/after.json
     python -m bench.chat_parity compare /tmp/before.json /tmp/after.json     # exit 1 on any difference
 
-`run` starts `services.gateway.stack` (as `make bench-gateway` does: response cache off), sends each message of
+`run` starts `services.stack` (as `make bench-gateway` does: response cache off), sends each message of
 `data/chat_eval/chat_dev.jsonl` as a fresh session to `POST /v1/chat`, and records per message id: the action,
 the FAQ ids answered or suggested (in order), the intent label, the handoff reason, the degraded modes and the
 model versions. Run it on the old tree (copy this file there) and on the new one, then `compare`: identical

@@ -6,7 +6,7 @@
 
 Every message of `data/chat_eval/chat_dev.jsonl` (see its README: answerable with the expected FAQ, in-domain
 unanswerable, angry, neutral) is sent to `POST /v1/chat` as a fresh session, through the stack `make run` starts
-(`services.gateway.stack`: worker with the served models, milvus-lite server with the demo knowledge base,
+(`services.stack`: worker with the served models, milvus-lite server with the demo knowledge base,
 gateway with its policy), response cache off. From the answers it prints the rates of issue 12's table:
 
 | rate | over | counts as a hit |

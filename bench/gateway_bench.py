@@ -4,7 +4,7 @@
     python -m bench.gateway_bench --url http://127.0.0.1:8000 --key KEY     # a stack already running
     python -m bench.gateway_bench --driver python                           # the asyncio client instead of wrk
 
-The stack it starts is `python -m services.gateway.stack` (worker + milvus-lite + gateway) on free loopback
+The stack it starts is `python -m services.stack` (worker + milvus-lite + gateway) on free loopback
 ports, with the response cache off (`KEFU_GATEWAY_CACHE_ENABLED=false`, so every request does the real work:
 three model calls and a knowledge-base search) and a throw-away API key without a practical rate limit. Against
 `--url` the caller's key and cache settings apply (the demo key is limited to 20 requests/s).
@@ -329,7 +329,7 @@ def free_port() -> int:
 
 
 class LocalStack:
-    """`services.gateway.stack` on free ports, cache off, with a fresh high-rate API key."""
+    """`services.stack` on free ports, cache off, with a fresh high-rate API key."""
 
     def __init__(
         self, repository: Path, workdir: Path, worker_processes: int, extra_env: tuple[str, ...] = ()
@@ -348,7 +348,7 @@ class LocalStack:
         port, worker_port, internal, worker_internal = free_port(), free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.internal_url = f"http://127.0.0.1:{internal}"  # the detailed /readyz
-        argv = [sys.executable, "-m", "services.gateway.stack", "--repository", str(repository)]
+        argv = [sys.executable, "-m", "services.stack", "--repository", str(repository)]
         argv += [
             "--port",
             str(port),

@@ -1,7 +1,7 @@
 """The stack under load, one process per component so that an experiment can kill, stop or restart each one:
 Redis, the FAQ store (`milvus-lite server`), N worker replicas and the gateway, on free loopback ports.
 
-Unlike `services.gateway.stack` (which stops everything when a child dies, as a launcher should), this harness
+Unlike `services.stack` (which stops everything when a child dies, as a launcher should), this harness
 plays the supervisor itself: an experiment kills a component and, like the kubelet, starts it again.
 The gateway gets every worker replica for every role (`KEFU_GATEWAY_WORKERS`), a routing file (intent's
 serving version stable; a copy of it as the next version for the canary experiment), Redis for sessions / rate limits, its response

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from services.gateway.app import create_app
 from services.gateway.edge import EdgeSettings
 from services.gateway.settings import GatewaySettings
-from services.gateway.stack import DEMO_KEY, access_lines
+from services.stack.launcher import DEMO_KEY, access_lines
 from tests.gateway_app import A, B, build, headers
 from tests.gateway_fakes import FakeWorkers, demo_store
 

@@ -1,5 +1,5 @@
 """Integration: the real stack — inference worker, embedded milvus-lite FAQ store, gateway — as separate
-processes on loopback, started by `python -m services.gateway.stack` (what `make run` runs) and stopped by
+processes on loopback, started by `python -m services.stack` (what `make run` runs) and stopped by
 SIGINT (Ctrl-C) without leaving a process behind.
 
 Uses the committed default models (`models/shipped/`) when present, else `model_repository/` when it holds
@@ -70,7 +70,7 @@ def start_stack(tmp_path_factory) -> dict:
     repo = repository()
     data = tmp_path_factory.mktemp("stack")
     port, worker_port, internal, worker_internal = free_port(), free_port(), free_port(), free_port()
-    argv = [sys.executable, "-m", "services.gateway.stack", "--repository", str(repo), "--port", str(port)]
+    argv = [sys.executable, "-m", "services.stack", "--repository", str(repo), "--port", str(port)]
     argv += ["--worker-port", str(worker_port), "--data-dir", str(data), "--quiet", "--ready-timeout", "400"]
     argv += ["--internal-port", str(internal), "--worker-internal-port", str(worker_internal)]
     out = open(data / "stack.out", "wb")  # noqa: SIM115

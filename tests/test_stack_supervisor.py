@@ -1,4 +1,4 @@
-"""`make run`'s supervision (services/gateway/supervisor.py) with real child processes: a child killed with
+"""`make run`'s supervision (services/stack/supervisor.py) with real child processes: a child killed with
 SIGKILL is restarted after its backoff while the others keep running, the console says so, and a child that
 keeps crashing makes the supervisor give up with the reason. Time is a fake clock advanced by the loop's
 sleeps, so the backoff is checked logically, not by waiting."""
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from services.gateway.supervisor import Backoff, Service, supervise
+from services.stack.supervisor import Backoff, Service, supervise
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 

@@ -4,7 +4,7 @@
 
 1. models (`demo_models.py`), in a copy of the model repository under `--out`: a retrained intent v2 and a
    broken v3 (v2 exported with its labels permuted); the intent model's version policy serves every version;
-2. the local stack (`services.gateway.stack`: worker + milvus-lite FAQ store + gateway) with a routing file
+2. the local stack (`services.stack`: worker + milvus-lite FAQ store + gateway) with a routing file
    (intent stable 1) and the answer cache off, and a local Prometheus (`observe.prometheus`) scraping the
    gateway every second, all on free loopback ports;
 3. client traffic all along (`traffic.py`: /v1/chat sessions and /v1/intent batches; every failure counted);
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "KEFU_GATEWAY_API_KEYS_FILE": str(keys_file(out / "api_keys.yaml")),
             "KEFU_GATEWAY_LOG_LEVEL": "warning",
         }
-        stack = [sys.executable, "-m", "services.gateway.stack", "--repository", str(repo), "--port", str(gw_port),
+        stack = [sys.executable, "-m", "services.stack", "--repository", str(repo), "--port", str(gw_port),
                  "--worker-port", str(worker_port), "--data-dir", str(out / "stack"), "--quiet",
                  "--internal-port", str(gw_internal), "--worker-internal-port", str(worker_internal)]  # fmt: skip
         stack += [f"--extra-env={k}={v}" for k, v in extra.items()]

@@ -11,7 +11,7 @@ Every core option is also a KEFU_GATEWAY_* variable (settings.py); the edge's (A
 KEFU_GATEWAY_* variables of `EdgeSettings` (edge.py), the FAQ store's KEFU_FAQ_* (services/faq/settings.py).
 One server process: the FAQ store may be an embedded milvus-lite file, which only one process may open (run
 several gateway replicas against `milvus-lite server` or Milvus, with KEFU_GATEWAY_REDIS_URL for shared state).
-`python -m services.gateway.stack` starts the worker, the store and the gateway together.
+`python -m services.stack` starts the worker, the store and the gateway together.
 """
 
 from __future__ import annotations

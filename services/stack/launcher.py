@@ -1,4 +1,4 @@
-"""The whole local stack on one machine: `python -m services.gateway.stack --repository model_repository`.
+"""The whole local stack on one machine: `python -m services.stack --repository model_repository`.
 
 1. the inference worker (`python -m services.worker`, port 8001; its internal port 9001 for /metrics)
    serving intent, sentiment and faq;
@@ -14,7 +14,7 @@
 Ctrl-C (SIGINT) or SIGTERM stops the gateway, the FAQ store, then the worker: SIGTERM to each (the worker closes its engine
 processes itself), then SIGKILL after `--stop-timeout` seconds to whatever is left of its process group (each
 child runs in a process group of its own, so nothing it started outlives it).
-A child that dies once the stack is up is restarted (`services/gateway/supervisor.py`): after
+A child that dies once the stack is up is restarted (`services/stack/supervisor.py`): after
 `--restart-backoff` s, doubling per crash up to `--restart-backoff-max`, while the others keep serving (the
 gateway answers degraded: without the store `faq_down`, without the worker 503 `upstreams_unavailable`); the
 console says which child exited, with its code, when it restarts and when it is back. More than
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from services.gateway.supervisor import GUARD, Backoff, Service, StackError, supervise, wait_until
+from services.stack.supervisor import GUARD, Backoff, Service, StackError, supervise, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_KB = ROOT / "data" / "faq_kb_demo" / "faq.jsonl"
@@ -125,7 +125,7 @@ def access_lines(env: Mapping[str, str], gateway_url: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.gateway.stack", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m services.stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository")
     p.add_argument("--host", default="127.0.0.1", help="bind address of both servers")
     p.add_argument("--port", type=int, default=8000, help="gateway port")

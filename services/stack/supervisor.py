@@ -1,4 +1,4 @@
-"""Child processes of `make run` (`services/gateway/stack.py`), kept alive: a crashed child is restarted with
+"""Child processes of `make run` (`services/stack/launcher.py`), kept alive: a crashed child is restarted with
 exponential backoff while the others keep serving (degraded), and the console says so:
 
     >> faq-store exited (code -9); restarting in 1 s (attempt 2); the others keep serving meanwhile

@@ -1,0 +1,5 @@
+import sys
+
+from services.stack.launcher import main
+
+sys.exit(main())
