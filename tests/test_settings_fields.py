@@ -60,3 +60,31 @@ def test_worker_urls_are_checked_the_same_way_for_stable_and_canary_pools():
     for kwargs, message in bad:
         with pytest.raises(ValidationError, match=message):
             GatewaySettings(**kwargs)
+
+
+def test_the_settings_tables_are_generated_from_the_classes_and_up_to_date():
+    """docs/settings.md and the gateway README's tables are rendered from the fields (default, description):
+    a field added, a default changed or a description reworded without re-running the generator fails here."""
+    from services.common import settings_doc
+
+    assert settings_doc.main(["--check"]) == 0
+    text = (ROOT / "docs" / "settings.md").read_text("utf-8")
+    for cls in settings_doc.documented().values():
+        prefix = cls.model_config["env_prefix"]
+        missing = [n for n in cls.model_fields if f"`{prefix}{n.upper()}`" not in text]
+        assert missing == [], (cls.__name__, missing)
+
+
+def test_a_setting_without_a_description_cannot_be_documented():
+    from pydantic import Field
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from services.common.settings_doc import render
+
+    class Partly(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="KEFU_X_")
+        told: int = Field(1, description="explained")
+        silent: int = 2
+
+    with pytest.raises(ValueError, match="Partly.silent has no description"):
+        render("<!-- settings:Partly:begin -->\n<!-- settings:Partly:end -->", {"Partly": Partly})

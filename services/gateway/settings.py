@@ -176,7 +176,9 @@ class GatewaySettings(BaseSettings):
         10,
         ge=0,
         description="admission control: /v1 requests inside this process at once; more wait for a slot up to "
-        "`admission_wait_s`, then get 503 overloaded (0 = no limit)",
+        "`admission_wait_s`, then get 503 overloaded (0 = no limit). The defaults (10, no queue, 20 ms) were "
+        "measured on the 2-core local stack (docs/reliability.md, Overload); size them per pod from the same "
+        "benchmark",
     )
     admission_wait_s: float = Field(
         0.02,
