@@ -88,3 +88,43 @@ def test_a_setting_without_a_description_cannot_be_documented():
 
     with pytest.raises(ValueError, match="Partly.silent has no description"):
         render("<!-- settings:Partly:begin -->\n<!-- settings:Partly:end -->", {"Partly": Partly})
+
+
+def test_one_config_object_reaches_every_part_of_the_gateway(tmp_path, monkeypatch):
+    """`Config.from_env` reads every section once (flags over the environment); the app is built from the
+    object, so a section's value reaches its part without anyone writing it back into the environment."""
+    import os
+
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from services.faq.admin_http import FaqAdminSettings
+    from services.gateway.app import create_app
+    from services.gateway.config import Config
+    from services.gateway.edge import EdgeSettings
+    from tests.gateway_app import DEMO_KEY, A, B, write_keys
+    from tests.gateway_fakes import FakeWorkers, demo_store
+
+    monkeypatch.setenv("KEFU_GATEWAY_PORT", "8100")
+    monkeypatch.setenv("KEFU_FAQ_ADMIN_MAX_BODY_BYTES", "4096")
+    before = dict(os.environ)
+    config = Config.from_env(port=8200, internal_port=9200)
+    assert (config.gateway.port, config.gateway.internal_port) == (8200, 9200)  # the flag wins
+    assert config.faq_admin.max_body_bytes == 4096 and config.edge.mode == "development"
+    assert dict(os.environ) == before
+
+    fake = FakeWorkers([A, B])
+    app = create_app(
+        GatewaySettings(
+            workers={"intent": [A, B], "sentiment": [A, B], "faq": [A, B]}, model_repository=None
+        ),
+        EdgeSettings(api_keys_file=write_keys(tmp_path), max_body_bytes=64 * 1024),
+        registry=CollectorRegistry(),
+        transport=fake.transport,
+        store=demo_store(),
+        admin_settings=FaqAdminSettings(max_body_bytes=2048),
+    )
+    faq = {"faq_id": "cfg-1", "question": "配置对象测试问题", "answer": "答" * 1500, "category": "其他"}
+    with TestClient(app) as client:
+        refused = client.post("/admin/faq/faqs", json=faq, headers={"X-API-Key": DEMO_KEY})
+    assert refused.status_code == 413, refused.text  # the admin section's 2 KiB, not its 256 KiB default

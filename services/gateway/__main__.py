@@ -9,6 +9,7 @@ other work when the process is full or its event loop lags.
 
 Every core option is also a KEFU_GATEWAY_* variable (settings.py); the edge's (API keys, limits, Redis) are
 KEFU_GATEWAY_* variables of `EdgeSettings` (edge.py), the FAQ store's KEFU_FAQ_* (services/faq/settings.py).
+All of them are read once, here, into one `config.Config` that the app is built from.
 One server process: the FAQ store may be an embedded milvus-lite file, which only one process may open (run
 several gateway replicas against `milvus-lite server` or Milvus, with KEFU_GATEWAY_REDIS_URL for shared state).
 `python -m services.stack` starts the worker, the store and the gateway together.
@@ -17,11 +18,10 @@ several gateway replicas against `milvus-lite server` or Milvus, with KEFU_GATEW
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from services.common.servers import ServerSpec, run_servers
-from services.gateway.edge import EdgeSettings
+from services.gateway.config import Config
 from services.gateway.settings import GatewaySettings
 from services.runtime.cli import overrides_of, settings_parser
 
@@ -36,21 +36,18 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError as e:
             p.error(f"--workers: not JSON ({e})")
     try:
-        settings = GatewaySettings(**overrides)  # validates before the server starts
-        EdgeSettings()  # refuses placeholder secrets in production, before the server starts
+        config = Config.from_env(**overrides)  # every section validated before the server starts
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    settings = config.gateway
     internal_host = settings.internal_host or settings.host
     if (internal_host, settings.internal_port) == (settings.host, settings.port):
         print(f"error: --internal-port: {settings.port} is the public port", file=sys.stderr)
         return 2
-    for key, value in overrides.items():  # the server process rebuilds the same settings from the environment
-        text = json.dumps(value) if isinstance(value, dict) else str(value)
-        os.environ[f"KEFU_GATEWAY_{key.upper()}"] = text
-    from services.gateway.app import create_app_from_env  # after the environment holds the overrides
+    from services.gateway.app import create_app_from_config
 
-    app = create_app_from_env()
+    app = create_app_from_config(config)
     print(
         f"gateway: http://{settings.host}:{settings.port}  internal (metrics, readiness): "
         f"http://{internal_host}:{settings.internal_port}  (workers {json.dumps(settings.workers)})",

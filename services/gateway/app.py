@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -41,6 +41,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.faq.admin import create_admin_router
+from services.faq.admin_http import FaqAdminSettings
+from services.faq.settings import FaqSettings
 from services.faq.store import FaqStore
 from services.gateway.admission import Admission
 from services.gateway.cache import ResponseCache
@@ -80,6 +82,9 @@ from services.gateway.sessions import SessionKey, SessionStore
 from services.gateway.settings import GatewaySettings
 from services.gateway.timing import Timings
 from services.gateway.upstream import UpstreamError, WorkerPool
+
+if TYPE_CHECKING:
+    from services.gateway.config import Config
 
 log = logging.getLogger("services.gateway")
 
@@ -156,9 +161,12 @@ def create_app(
     model_router: ModelRouter | None = None,
     sessions: SessionStore | None = None,
     cache: ResponseCache | None = None,
+    faq_settings: FaqSettings | None = None,
+    admin_settings: FaqAdminSettings | None = None,
 ) -> FastAPI:
-    """Build the gateway. Without `store`/`open_store` the FAQ store is `FaqSettings().open_store()`
-    (KEFU_FAQ_*); `transport` (an httpx transport) replaces the network towards the workers in tests."""
+    """Build the gateway from its settings (`config.Config`'s sections; a missing one is read from the
+    environment). Without `store`/`open_store` the FAQ store is `faq_settings`' (KEFU_FAQ_*); `transport` (an
+    httpx transport) replaces the network towards the workers in tests."""
     settings = settings or GatewaySettings()
     edge_settings = edge_settings or EdgeSettings()
     registry = registry if registry is not None else CollectorRegistry()
@@ -183,7 +191,8 @@ def create_app(
     kb = None
     if settings.faq_enabled:
         if store is None and open_store is None:
-            open_store, reindexer = default_opener(), reindexer or default_reindexer()
+            faq_settings = faq_settings or FaqSettings()
+            open_store, reindexer = default_opener(faq_settings), reindexer or default_reindexer(faq_settings)
         kb = KnowledgeBase(
             settings, policy, models, metrics, store=store, open_store=open_store, reindexer=reindexer
         )
@@ -390,6 +399,7 @@ def create_app(
             KbStore(kb),
             KbEmbedder(kb),
             auth=edge.admin_dependency(),
+            settings=admin_settings,
             reindexer=kb_reindexer(kb),
             bm25_refresher=kb_bm25_refresher(kb),
         )
@@ -415,15 +425,21 @@ def _hit(h) -> FaqHitOut:
     )
 
 
-def create_app_from_env() -> FastAPI:
-    """uvicorn factory for `python -m services.gateway`."""
-    settings = GatewaySettings()
+def create_app_from_config(config: Config) -> FastAPI:
+    """The app of `python -m services.gateway`: logging set up, then every section of `config` passed in."""
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.gateway.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     import jieba  # sets its own logger to DEBUG on import: import it first, then quieten it
 
     for noisy in ("httpx", "jieba", "faiss.loader"):  # a line per probe; dictionary and library loading
         logging.getLogger(noisy).setLevel(logging.WARNING)
     jieba.setLogLevel(logging.WARNING)
-    return create_app(settings, EdgeSettings())
+    return create_app(config.gateway, config.edge, faq_settings=config.faq, admin_settings=config.faq_admin)
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory (`uvicorn --factory services.gateway.app:create_app_from_env`)."""
+    from services.gateway.config import Config
+
+    return create_app_from_config(Config.from_env())

@@ -6,7 +6,7 @@
 
 Preparation (in a thread, it may embed the whole knowledge base):
 1. the encoder version and dimension come from the worker's metadata of the `faq` model (`faq-v<N>`);
-2. the store is opened for that version (`FaqSettings(...).open_store()`: milvus-lite file by default);
+2. the store is opened for that version (the process's `FaqSettings` with that version, `open_store()`: milvus-lite file by default);
 3. an empty store is filled from `faq_seed_file` when one is set (the demo KB under `make run`);
 4. a store whose collection was embedded by another encoder version is re-embedded through
    `services/faq/reindex.py` (zero-downtime alias switch) from its own contents, when `faq_reindex_on_mismatch`;
@@ -37,6 +37,7 @@ import numpy as np
 from services.common.logthrottle import LogThrottle
 from services.faq import thresholds as faq_thresholds
 from services.faq.domain import FaqError, FaqHit, read_faq_jsonl
+from services.faq.settings import FaqSettings
 from services.faq.store import FaqStore, embed_entries
 from services.gateway.breaker import CircuitBreaker
 from services.gateway.embedder import WorkerEmbedder
@@ -60,19 +61,20 @@ class FaqUnavailable(Exception):
     """The knowledge base cannot answer now (encoder or store down, not prepared, re-index pending)."""
 
 
-def default_opener() -> StoreOpener:
-    from services.faq.settings import FaqSettings
+def default_opener(faq: FaqSettings) -> StoreOpener:
+    """The store of `faq` (KEFU_FAQ_*) for the encoder version and dimension the workers serve."""
+    return lambda version, dim: faq.model_copy(
+        update={"embedder_version": version, "embedder_dim": dim}
+    ).open_store()
 
-    return lambda version, dim: FaqSettings(embedder_version=version, embedder_dim=dim).open_store()
 
-
-def default_reindexer() -> ReindexerFactory:
+def default_reindexer(faq: FaqSettings) -> ReindexerFactory:
     from services.faq.admin import milvus_reindexer
-    from services.faq.settings import FaqSettings
 
     def factory(embedder: WorkerEmbedder):
         return milvus_reindexer(
-            FaqSettings(embedder_version=embedder.version, embedder_dim=embedder.dim), embedder
+            faq.model_copy(update={"embedder_version": embedder.version, "embedder_dim": embedder.dim}),
+            embedder,
         )
 
     return factory
