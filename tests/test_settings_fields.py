@@ -128,3 +128,15 @@ def test_one_config_object_reaches_every_part_of_the_gateway(tmp_path, monkeypat
     with TestClient(app) as client:
         refused = client.post("/admin/faq/faqs", json=faq, headers={"X-API-Key": DEMO_KEY})
     assert refused.status_code == 413, refused.text  # the admin section's 2 KiB, not its 256 KiB default
+
+
+def test_the_write_check_consistency_is_a_store_setting_by_name(monkeypatch):
+    """It was KEFU_FAQ_ADMIN_CONSISTENCY_LEVEL, a FaqSettings field that read like a FaqAdminSettings one
+    (prefix KEFU_FAQ_ADMIN_); the new name says what it is, and the old one still works."""
+    from services.faq.settings import FaqSettings
+
+    assert FaqSettings().write_check_consistency_level == "Strong"
+    monkeypatch.setenv("KEFU_FAQ_ADMIN_CONSISTENCY_LEVEL", "Bounded")
+    assert FaqSettings().write_check_consistency_level == "Bounded"
+    monkeypatch.setenv("KEFU_FAQ_WRITE_CHECK_CONSISTENCY_LEVEL", "Session")
+    assert FaqSettings().write_check_consistency_level == "Session"  # the new name first

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,9 +47,16 @@ class FaqSettings(BaseSettings):
         "at once, others within Milvus' time tick (~200 ms), ~3 ms a search; Strong waits for the next time tick "
         "on every search (~200 ms on Milvus 2.3.5 standalone)",
     )
-    admin_consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
+    write_check_consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
         "Strong",
-        description="consistency of the reads that decide writes (duplicate checks, get, list, counts)",
+        # KEFU_FAQ_ADMIN_CONSISTENCY_LEVEL, its old name, read like a FaqAdminSettings (KEFU_FAQ_ADMIN_*) field
+        validation_alias=AliasChoices(
+            "write_check_consistency_level",
+            "KEFU_FAQ_WRITE_CHECK_CONSISTENCY_LEVEL",
+            "KEFU_FAQ_ADMIN_CONSISTENCY_LEVEL",
+        ),
+        description="consistency of the reads that decide writes (duplicate checks, get, list, counts); "
+        "KEFU_FAQ_ADMIN_CONSISTENCY_LEVEL, its old name, is still read",
     )
     dense_index_type: str = Field("AUTOINDEX", description="index of the dense field (FLAT = exact)")
     timeout_s: float = Field(10.0, gt=0, description="per-call timeout towards Milvus")
@@ -81,7 +88,7 @@ class FaqSettings(BaseSettings):
             ranker=HybridRanker(self.ranker, self.rrf_k, self.dense_weight, self.bm25_weight),
             oversample=self.oversample,
             consistency_level=self.consistency_level,
-            admin_consistency_level=self.admin_consistency_level,
+            admin_consistency_level=self.write_check_consistency_level,
             dense_index_type=self.dense_index_type,
             timeout_s=self.timeout_s,
             search_cache_size=self.search_cache_size,
