@@ -41,3 +41,25 @@ def test_at_most_ten_problems_are_listed():
     text = describe_validation(e.value, "invalid inference request")
     assert text.startswith("invalid inference request: ") and text.count("texts.") == 10
     assert text.endswith("(and 5 more)")
+
+
+def test_the_admin_mapper_renders_the_platform_auth_errors_the_gateway_raises():
+    """One scheme: the gateway's authentication raises services/common/errors.py classes into the mounted FAQ
+    admin router, whose mapper renders them as they are (no conversion layer between two error types)."""
+    import json
+
+    from services.common.errors import Forbidden, TooManyRequests, Unauthenticated
+    from services.faq.admin_http import error_response
+    from services.gateway import errors as gateway_errors
+
+    assert gateway_errors.Unauthenticated is Unauthenticated  # the gateway raises the platform's classes
+
+    throttled = error_response(
+        TooManyRequests("auth_throttled", "too many refused credentials", retry_after_s=3), "r1"
+    )
+    body = json.loads(throttled.body)["error"]
+    assert throttled.status_code == 429 and throttled.headers["retry-after"] == "3"
+    assert body == {"code": "auth_throttled", "message": "too many refused credentials", "request_id": "r1"}
+    refused = error_response(Unauthenticated("unauthorized", "invalid API key"), "r2")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    assert error_response(Forbidden("forbidden", "no admin scope"), "r3").status_code == 403

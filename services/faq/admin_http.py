@@ -19,21 +19,19 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException
 
+from services.common.errors import Forbidden, ServiceError, TooManyRequests, Unauthenticated
 from services.common.http_errors import describe_validation, request_id
 from services.common.http_limits import limit_receive
 from services.faq.admin_schemas import (
     AdminError,
     EmbedderUnavailable,
     FaqExists,
-    Forbidden,
     ImportRejected,
     InvalidCharset,
     InvalidRequest,
     NotConfigured,
     PayloadTooLarge,
-    RateLimited,
     ReindexRunning,
-    Unauthorized,
     UnderMaintenance,
 )
 from services.faq.domain import (
@@ -95,10 +93,10 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (InvalidQuery, 400, "invalid_query"),
     (ModeNotSupported, 400, "mode_not_supported"),
     (ImportRejected, 400, "import_rejected"),
-    (Unauthorized, 401, "unauthorized"),
+    (Unauthenticated, 401, "unauthorized"),
     (Forbidden, 403, "forbidden"),
     (FaqNotFound, 404, "faq_not_found"),
-    (RateLimited, 429, "rate_limited"),
+    (TooManyRequests, 429, "rate_limited"),
     (FaqExists, 409, "faq_exists"),
     (DuplicateQuestion, 409, "duplicate_question"),
     (ReindexRunning, 409, "reindex_running"),
@@ -135,11 +133,13 @@ def error_response(error: Exception, request_id: str) -> JSONResponse:
             status, code, message = 500, "internal", "internal error (see the server log for this request id)"
         else:
             status, code = match
-            message = error.message if isinstance(error, FaqError) else str(error)
+            message = error.message if isinstance(error, FaqError | ServiceError) else str(error)
+            if isinstance(error, ServiceError):
+                code = error.code  # the platform's errors name themselves (auth_throttled, rate_limited ...)
     body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
     if isinstance(error, ImportRejected):
         body["rows"] = error.rows
-    if isinstance(error, Unauthorized):
+    if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="kefu-admin"'
     if retry := getattr(error, "retry_after_s", None):
         headers["Retry-After"] = str(retry)
@@ -220,22 +220,24 @@ def require_admin_key(
             return admitted
         header = request.headers.get("authorization")
         if not header:
-            raise Unauthorized("missing credentials: send Authorization: Bearer <admin key>")
+            raise Unauthenticated(
+                "unauthorized", "missing credentials: send Authorization: Bearer <admin key>"
+            )
         scheme, _, token = header.partition(" ")
         token = token.strip(" \t")  # ASCII blanks only: a key with a non-ASCII space is refused, not trimmed
         if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("Authorization must be 'Bearer <admin key>'")
+            raise Unauthenticated("unauthorized", "Authorization must be 'Bearer <admin key>'")
         if not re.fullmatch(r"[\x20-\x7e]+", token):
-            raise Unauthorized("invalid admin key: only printable ASCII is allowed")
+            raise Unauthenticated("unauthorized", "invalid admin key: only printable ASCII is allowed")
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
         found = None
         for known, scopes in table:  # every digest is compared: timing does not say which one matched
             if hmac.compare_digest(digest, known):
                 found = (known, scopes)
         if found is None:
-            raise Unauthorized("invalid admin key")
+            raise Unauthenticated("unauthorized", "invalid admin key")
         if scope not in found[1]:
-            raise Forbidden(f"this key lacks the {scope} scope")
+            raise Forbidden("forbidden", f"this key lacks the {scope} scope")
         principal = AdminPrincipal(found[0][:12], found[1])
         request.state.principal = request.state.admin_principal = principal
         return principal

@@ -70,20 +70,6 @@ class AdminError(FaqError):
     """Base class of the admin API's own errors; `message` is safe to show to the caller."""
 
 
-class Unauthorized(AdminError):
-    """No credentials, or credentials that match no admin key."""
-
-
-class Forbidden(AdminError):
-    """A valid key without the scope this API needs."""
-
-
-class RateLimited(AdminError):
-    """The caller's key is over its rate limit (raised by the mounting gateway's auth); sets `retry_after_s`."""
-
-    retry_after_s: int = 1
-
-
 class FaqExists(AdminError):
     """A create named a faq_id that is already taken."""
 

@@ -44,7 +44,7 @@ from services.gateway.auth_gate import AuthGate
 from services.gateway.auth_throttle import FailedAuthThrottle, client_address, parse_networks, throttled
 from services.gateway.cache import MemoryCache, RedisCache, ResponseCache
 from services.gateway.edge_http import install_http
-from services.gateway.errors import Forbidden, InvalidInput, TooManyRequests, Unauthenticated
+from services.gateway.errors import InvalidInput, TooManyRequests, Unauthenticated
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from services.gateway.redaction import install_log_redaction
@@ -355,30 +355,9 @@ class Edge:
         return principal_with_scope
 
     def admin_dependency(self, scope: str = "admin") -> Callable[..., Awaitable[Principal]]:
-        """`require(scope)` for the FAQ admin router: raises the admin's own `Unauthorized` / `Forbidden` /
-        `RateLimited` (which its error mapper renders in the same uniform body)."""
-        from services.faq import admin_schemas as admin
-
-        inner = self.require(scope)
-
-        async def admin_principal(
-            request: Request,
-            api_key: ApiKeyHeader,
-            bearer: BearerHeader,
-        ) -> Principal:
-            try:
-                return await inner(request, api_key, bearer)
-            except Unauthenticated as e:
-                raise admin.Unauthorized(e.message) from None
-            except Forbidden as e:
-                raise admin.Forbidden(e.message) from None
-            except TooManyRequests as e:
-                error = admin.RateLimited(e.message)
-                error.retry_after_s = int(e.retry_after_s or 1)
-                raise error from None
-
-        admin_principal.kefu_auth_scope = scope  # type: ignore[attr-defined]  (AuthGate reads it)
-        return admin_principal
+        """`require(scope)` for the FAQ admin router: the errors it raises are the platform's
+        (services/common/errors.py), which the admin router's own mapper renders in the same uniform body."""
+        return self.require(scope)
 
     # ── input ───────────────────────────────────────────────────────────────────────────────────────
 

@@ -1,7 +1,8 @@
 """The gateway's errors (no HTTP here) and its wire body.
 
-Code anywhere in the gateway (core or edge) that refuses a request raises one of the classes below with a
-stable snake_case `code` and a `message` safe to show to the caller (it never echoes user text beyond what
+Code anywhere in the gateway (core or edge) that refuses a request raises one of the classes below (the
+authentication ones, `Unauthenticated` / `Forbidden` / `TooManyRequests`, are the platform's:
+services/common/errors.py, so the mounted FAQ admin router renders them too) with a stable snake_case `code` and a `message` safe to show to the caller (it never echoes user text beyond what
 they sent, and never carries internals). `edge_http.py` alone maps them to HTTP (its `STATUS` table, KServe
 style: one mapper per service), together with FastAPI's own validation / HTTP errors and unexpected
 exceptions, into the uniform body
@@ -13,38 +14,28 @@ which is the same shape the FAQ admin router (`services/faq/admin.py`) answers w
 
 from __future__ import annotations
 
+from services.common.errors import Forbidden, ServiceError, TooManyRequests, Unauthenticated
 
-class GatewayError(Exception):
-    """A request refused for a reason the caller can act on. `retry_after_s`: when trying again makes sense."""
-
-    def __init__(self, code: str, message: str, *, retry_after_s: int | str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after_s = None if retry_after_s is None else str(retry_after_s)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code!r}, {self.message!r})"
+GatewayError = ServiceError  # the base of every error below; the authentication ones are the platform's
 
 
-class InvalidInput(GatewayError):
+class InvalidInput(ServiceError):
     """The request itself is wrong: a text, a session id, what a model refused."""
 
 
-class Unauthenticated(GatewayError):
-    """No credential, or one that is not valid."""
-
-
-class Forbidden(GatewayError):
-    """A valid credential without the scope the route needs."""
-
-
-class TooManyRequests(GatewayError):
-    """The caller's key is over its rate, or its address is blocked after refused credentials."""
-
-
-class Unavailable(GatewayError):
+class Unavailable(ServiceError):
     """The gateway cannot answer now (overloaded, its upstreams down); retry after `retry_after_s`."""
+
+
+__all__ = [
+    "Forbidden",
+    "GatewayError",
+    "InvalidInput",
+    "TooManyRequests",
+    "Unauthenticated",
+    "Unavailable",
+    "error_body",
+]
 
 
 def error_body(code: str, message: str, request_id: str) -> dict:
