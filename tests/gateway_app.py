@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from services.faq.store import FaqStore
-from services.gateway.app import create_app
-from services.gateway.edge import EdgeSettings
+from services.gateway.api.app import create_app
+from services.gateway.edge.guard import EdgeSettings
 from services.gateway.settings import GatewaySettings
 from tests.gateway_fakes import DEMO_KEY, FakeWorkers, demo_store
 

@@ -74,7 +74,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 @pytest_asyncio.fixture
 async def redis_client(redis_url) -> AsyncIterator:
-    from services.gateway.redis_conn import connect
+    from services.gateway.state.redis_conn import connect
 
     client = connect(redis_url, timeout_s=2.0)
     await client.flushdb()

@@ -23,10 +23,10 @@ from prometheus_client import CollectorRegistry
 
 import tests.gateway_app as gateway_app
 from services.canary.backends import write_atomic
-from services.gateway.inference import ModelClient
+from services.gateway.clients.inference import ModelClient
+from services.gateway.clients.upstream import WorkerPool
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
-from services.gateway.upstream import WorkerPool
 from tests.gateway_app import Gateway, build
 
 TEXTS = ["我的快递到哪了", "我要投诉，太差了", "怎么申请退款", "运费怎么算", "转人工", "物流太慢了，气死了"]

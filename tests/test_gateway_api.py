@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway.policy import Thresholds
+from services.gateway.core.policy import Thresholds
 from tests.gateway_app import A, Gateway, build, headers
 from tests.gateway_fakes import embed
 

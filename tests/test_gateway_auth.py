@@ -18,9 +18,9 @@ from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from services.gateway.edge import Edge, EdgeSettings
+from services.gateway.edge.guard import Edge, EdgeSettings
+from services.gateway.edge.security import Principal, sha256_hex
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.security import Principal, sha256_hex
 from tests import gateway_app
 from tests.redis_fixture import redis_client, redis_url  # noqa: F401
 
@@ -265,7 +265,7 @@ async def test_x_forwarded_for_only_from_trusted_proxies(tmp_path):
 
 @pytest.mark.asyncio
 async def test_blocked_address_recovers_when_a_token_is_back():
-    from services.gateway.auth_throttle import FailedAuthThrottle, client_address, parse_networks
+    from services.gateway.edge.auth_throttle import FailedAuthThrottle, client_address, parse_networks
 
     now = [1000.0]
     throttle = FailedAuthThrottle(0.5, 2, clock=lambda: now[0])
@@ -401,14 +401,14 @@ def test_the_server_leaves_x_forwarded_for_to_the_edge(monkeypatch):
     """uvicorn would rewrite the client address from X-Forwarded-For of any loopback peer (its default
     --forwarded-allow-ips); the gateway's server must not, so only KEFU_GATEWAY_TRUSTED_PROXIES count."""
     from services.gateway import __main__ as gateway_main
-    from services.gateway import app as gateway_app_module
+    from services.gateway.api import app as gateway_app_module
 
     for name in [k for k in os.environ if k.startswith("KEFU_")]:
         monkeypatch.delenv(name)
     seen = {}
     fake_app = FastAPI()
     fake_app.state.internal_app = FastAPI()
-    monkeypatch.setattr(gateway_app_module, "create_app_from_env", lambda: fake_app)
+    monkeypatch.setattr(gateway_app_module, "create_app_from_config", lambda config: fake_app)
     monkeypatch.setattr(gateway_main, "run_servers", lambda specs, **config: seen.update(config) or 0)
     assert gateway_main.main([]) == 0
     assert seen["proxy_headers"] is False

@@ -6,8 +6,8 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from services.gateway.cache import MemoryCache, RedisCache, cache_key
-from services.gateway.redis_conn import connect
+from services.gateway.state.cache import MemoryCache, RedisCache, cache_key
+from services.gateway.state.redis_conn import connect
 from tests.redis_fixture import redis_url  # noqa: F401
 
 VERSIONS = {"intent": "3", "sentiment": "1", "faq": "2"}

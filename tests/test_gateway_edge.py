@@ -14,11 +14,11 @@ from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from services.gateway.edge import Edge, EdgeSettings
-from services.gateway.errors import InvalidInput
+from services.gateway.core.errors import InvalidInput
+from services.gateway.edge.guard import Edge, EdgeSettings
+from services.gateway.edge.ratelimit import MemoryRateLimiter
+from services.gateway.edge.security import DEMO_KEY, Principal, sha256_hex
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.ratelimit import MemoryRateLimiter
-from services.gateway.security import DEMO_KEY, Principal, sha256_hex
 from tests.redis_fixture import redis_client, redis_url  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
@@ -225,7 +225,7 @@ async def test_redis_rate_limit_shared_by_two_gateways(tmp_path, redis_client): 
 
 @pytest.mark.slow
 async def test_redis_rate_limit_refills(tmp_path, redis_client):  # noqa: F811
-    from services.gateway.ratelimit import RedisRateLimiter
+    from services.gateway.edge.ratelimit import RedisRateLimiter
 
     limiter = RedisRateLimiter(redis_client)
     assert (await limiter.acquire("k", 10.0, 1)).allowed
@@ -237,7 +237,7 @@ async def test_redis_rate_limit_refills(tmp_path, redis_client):  # noqa: F811
 
 
 async def test_redis_down_falls_back_to_local_buckets(tmp_path):
-    from services.gateway.redis_conn import connect
+    from services.gateway.state.redis_conn import connect
 
     dead = connect("redis://127.0.0.1:1/0", timeout_s=0.2, connect_timeout_s=0.2)
     edge = make_edge(tmp_path, redis=dead)

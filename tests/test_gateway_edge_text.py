@@ -16,11 +16,11 @@ from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from services.gateway.edge import Edge, EdgeSettings
+from services.gateway.edge.guard import Edge, EdgeSettings
+from services.gateway.edge.redaction import RedactionFilter, install_log_redaction, redact
+from services.gateway.edge.security import DEMO_KEY, DEMO_KEY_SHA256, sha256_hex
+from services.gateway.edge.textnorm import TextNormalizer, normalize
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.redaction import RedactionFilter, install_log_redaction, redact
-from services.gateway.security import DEMO_KEY, DEMO_KEY_SHA256, sha256_hex
-from services.gateway.textnorm import TextNormalizer, normalize
 
 PHONE, ID_NO, CARD, EMAIL = "13812345678", "11010519491231002X", "4111111111111111", "zhang.san@example.com"
 DOTTED_PHONE, FULL_WIDTH_PHONE = "139.1287.6543", "１３９１２８７６５４３"

@@ -11,8 +11,8 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from services.gateway.app import create_app
-from services.gateway.edge import EdgeSettings
+from services.gateway.api.app import create_app
+from services.gateway.edge.guard import EdgeSettings
 from services.gateway.settings import GatewaySettings
 from services.stack.launcher import DEMO_KEY, access_lines
 from tests.gateway_app import A, B, build, headers

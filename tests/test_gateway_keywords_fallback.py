@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.faq.domain import StoreUnavailable
-from services.gateway.policy import Decision, Policy, Signals, Thresholds, decide
+from services.gateway.core.policy import Decision, Policy, Signals, Thresholds, decide
 from tests.gateway_app import build, headers
 from tests.gateway_fakes import demo_store
 

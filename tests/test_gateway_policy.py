@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.faq.domain import FaqHit
-from services.gateway.inference import ClassPrediction
-from services.gateway.policy import Policy, Signals, Thresholds, decide
+from services.gateway.clients.inference import ClassPrediction
+from services.gateway.core.policy import Policy, Signals, Thresholds, decide
 from services.gateway.settings import DEFAULTS
 
 POLICY = Policy.load(DEFAULTS / "policy.yaml")

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from services.gateway.inference import ClassPrediction, ModelClient
-from services.gateway.orchestrator import Orchestrator
+from services.gateway.clients.inference import ClassPrediction, ModelClient
+from services.gateway.core.orchestrator import Orchestrator
 
 SETTINGS = SimpleNamespace(negative_label="negative")
 

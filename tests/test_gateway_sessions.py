@@ -6,16 +6,16 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from services.gateway.errors import InvalidInput
-from services.gateway.redis_conn import connect
-from services.gateway.sessions import (
+from services.gateway.core.errors import InvalidInput
+from services.gateway.edge.textnorm import normalize
+from services.gateway.state.redis_conn import connect
+from services.gateway.state.sessions import (
     MemorySessionStore,
     RedisSessionStore,
     Session,
     SessionKey,
     extract_slots,
 )
-from services.gateway.textnorm import normalize
 from tests.redis_fixture import redis_url  # noqa: F401
 
 PHONE = "13812345678"

@@ -8,11 +8,11 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.gateway.breaker import BreakerState, CircuitBreaker
-from services.gateway.inference import ModelClient, Route
+from services.gateway.clients.breaker import BreakerState, CircuitBreaker
+from services.gateway.clients.inference import ModelClient, Route
+from services.gateway.clients.upstream import UpstreamError, WorkerPool
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
-from services.gateway.upstream import UpstreamError, WorkerPool
 from tests.gateway_fakes import FakeWorkers
 
 A, B = "http://127.0.0.1:18001", "http://127.0.0.2:18001"

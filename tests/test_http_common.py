@@ -50,7 +50,7 @@ def test_the_admin_mapper_renders_the_platform_auth_errors_the_gateway_raises():
 
     from services.common.errors import Forbidden, TooManyRequests, Unauthenticated
     from services.faq.admin_http import error_response
-    from services.gateway import errors as gateway_errors
+    from services.gateway.core import errors as gateway_errors
 
     assert gateway_errors.Unauthenticated is Unauthenticated  # the gateway raises the platform's classes
 

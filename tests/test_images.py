@@ -182,7 +182,7 @@ def test_gateway_image_leaves_paddle_out_and_gateway_never_imports_it():
     _, stages = parse(dockerfiles()["gateway"])
     runs = " ".join(rest for s in stages for instr, rest in s.instructions if instr == "RUN")
     assert "grep -v -E '^paddlepaddle=='" in runs
-    roots = [m for m in ("services.gateway.app", "services.gateway.__main__") if _module_file(m)]
+    roots = [m for m in ("services.gateway.api.app", "services.gateway.__main__") if _module_file(m)]
     assert roots, "no gateway entry module found"
     external = _external_imports(roots)
     assert {"fastapi", "httpx", "yaml"} <= external, sorted(external)  # the walk reaches the app's deps
@@ -284,7 +284,7 @@ def _if_type_checking(node: ast.AST) -> bool:
 def _imports_of(path: Path, module: str) -> list[tuple[str, int]]:
     """Every first-party module `path` imports anywhere (module level, functions, try blocks; not under
     `if TYPE_CHECKING`), with the line: a lazy import runs too, just later. Import strings such as uvicorn's
-    "services.gateway.app:create_app_from_env" and `importlib.import_module("…")` count as imports."""
+    "services.gateway.api.app:create_app_from_env" and `importlib.import_module("…")` count as imports."""
     tree = ast.parse(path.read_text("utf-8"))
     skipped = {id(n) for t in ast.walk(tree) if _if_type_checking(t) for b in t.body for n in ast.walk(b)}
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -330,7 +330,7 @@ def import_graph(roots: list[str]) -> dict[str, str]:
 
 def test_import_graph_follows_lazy_imports_and_import_strings(tmp_path):
     graph = import_graph(["services.gateway.__main__"])
-    assert graph["services.gateway.app"].startswith(
+    assert graph["services.gateway.api.app"].startswith(
         "services/gateway/__main__.py:"
     )  # uvicorn's import string
     assert "services.faq.thresholds" in graph  # module-level import of a module-level import
@@ -356,7 +356,9 @@ def test_serving_images_never_reach_training_code(image):
     if image == "gateway":
         assert "services.canary.__main__" in roots  # the chart's canary analysis Job runs in this image
     graph = import_graph(roots)
-    app = roots[0].replace("__main__", "app")
+    app = {"services.gateway.__main__": "services.gateway.api.app"}.get(
+        roots[0], roots[0].replace("__main__", "app")
+    )
     assert app in graph, sorted(
         graph
     )  # the walk reaches the app (uvicorn's import string), not just __main__

@@ -30,7 +30,9 @@ def duplicate_fields(path: Path) -> list[str]:
 
 
 def test_no_settings_field_is_declared_twice():
-    modules = sorted(ROOT.glob("services/**/settings.py")) + [ROOT / "services" / "gateway" / "edge.py"]
+    modules = sorted(ROOT.glob("services/**/settings.py")) + [
+        ROOT / "services" / "gateway" / "edge" / "guard.py"
+    ]
     assert len(modules) >= 4
     assert [d for m in modules for d in duplicate_fields(m)] == []
 
@@ -99,9 +101,9 @@ def test_one_config_object_reaches_every_part_of_the_gateway(tmp_path, monkeypat
     from prometheus_client import CollectorRegistry
 
     from services.faq.admin_http import FaqAdminSettings
-    from services.gateway.app import create_app
+    from services.gateway.api.app import create_app
     from services.gateway.config import Config
-    from services.gateway.edge import EdgeSettings
+    from services.gateway.edge.guard import EdgeSettings
     from tests.gateway_app import DEMO_KEY, A, B, write_keys
     from tests.gateway_fakes import FakeWorkers, demo_store
 

@@ -8,10 +8,7 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway.sessions import SessionKey
-from services.gateway.sessions import extract_slots as session_slots  # what Session.add_turn used
-from services.gateway.settings import GatewaySettings
-from services.gateway.slots import (
+from services.gateway.core.slots import (
     DEFAULT_ORDER_NO_PATTERN,
     SlotExtractor,
     extract_slots,
@@ -19,6 +16,9 @@ from services.gateway.slots import (
     is_resident_id,
     personal_numbers,
 )
+from services.gateway.settings import GatewaySettings
+from services.gateway.state.sessions import SessionKey
+from services.gateway.state.sessions import extract_slots as session_slots  # what Session.add_turn used
 from tests.gateway_app import build, headers
 
 ID_X = "11010519491231002X"  # valid GB 11643 check digit (X = 10)

@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from services.canary.backends import write_atomic
 from services.canary.routing import bucket, sticky_id
-from services.gateway.app import create_app
-from services.gateway.edge import EdgeSettings
-from services.gateway.errors import TooManyRequests
-from services.gateway.sessions import MemorySessionStore, Session, SessionKey
+from services.gateway.api.app import create_app
+from services.gateway.core.errors import TooManyRequests
+from services.gateway.edge.guard import EdgeSettings
 from services.gateway.settings import GatewaySettings
+from services.gateway.state.sessions import MemorySessionStore, Session, SessionKey
 from tests.gateway_app import A, B, headers, write_keys
 from tests.gateway_fakes import DEMO_KEY, FakeWorkers, demo_store
 from tests.redis_fixture import redis_url  # noqa: F401
@@ -103,8 +103,8 @@ async def test_store_refuses_a_bare_session_id():
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_redis_keys_hold_the_tenant(redis_url):  # noqa: F811
-    from services.gateway.redis_conn import connect
-    from services.gateway.sessions import RedisSessionStore
+    from services.gateway.state.redis_conn import connect
+    from services.gateway.state.sessions import RedisSessionStore
 
     client = connect(redis_url, timeout_s=2.0)
     await client.flushdb()
@@ -172,7 +172,7 @@ def test_sticky_id_is_unambiguous():
 
 @pytest.mark.asyncio
 async def test_rate_limit_buckets_are_per_tenant_and_key(tmp_path):
-    from services.gateway.security import Principal
+    from services.gateway.edge.security import Principal
 
     client, _ = make_app(tmp_path)
     edge = client.app.state.edge

@@ -1,6 +1,6 @@
 """The errors every service of the platform raises alike, without HTTP: who the caller is and whether they may.
 
-The gateway's authentication (services/gateway/security.py, edge.py) raises these, and so does the FAQ admin
+The gateway's authentication (services/gateway/edge/security.py, guard.py) raises these, and so does the FAQ admin
 API's own key check (services/faq/admin_http.py); each service's one error mapper renders them (401 with a
 `WWW-Authenticate` challenge, 403, 429 with `Retry-After`). The admin router mounted on the gateway therefore
 answers the gateway's authentication errors with no conversion between two schemes.

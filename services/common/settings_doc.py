@@ -28,7 +28,7 @@ def documented() -> dict[str, type[BaseSettings]]:
     from services.canary.settings import CanarySettings
     from services.faq.admin_http import FaqAdminSettings
     from services.faq.settings import FaqSettings
-    from services.gateway.edge import EdgeSettings
+    from services.gateway.edge.guard import EdgeSettings
     from services.gateway.settings import GatewaySettings
     from services.worker.settings import WorkerSettings
 

@@ -8,7 +8,7 @@ Overload (admission.py) is refused fast: the server takes at most `server_limit_
 other work when the process is full or its event loop lags.
 
 Every core option is also a KEFU_GATEWAY_* variable (settings.py); the edge's (API keys, limits, Redis) are
-KEFU_GATEWAY_* variables of `EdgeSettings` (edge.py), the FAQ store's KEFU_FAQ_* (services/faq/settings.py).
+KEFU_GATEWAY_* variables of `EdgeSettings` (edge/guard.py), the FAQ store's KEFU_FAQ_* (services/faq/settings.py).
 All of them are read once, here, into one `config.Config` that the app is built from.
 One server process: the FAQ store may be an embedded milvus-lite file, which only one process may open (run
 several gateway replicas against `milvus-lite server` or Milvus, with KEFU_GATEWAY_REDIS_URL for shared state).
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if (internal_host, settings.internal_port) == (settings.host, settings.port):
         print(f"error: --internal-port: {settings.port} is the public port", file=sys.stderr)
         return 2
-    from services.gateway.app import create_app_from_config
+    from services.gateway.api.app import create_app_from_config
 
     app = create_app_from_config(config)
     print(

@@ -6,7 +6,7 @@ environment and the command line, then passed down. Nothing below reads the envi
 | section | class | prefix | what |
 |---|---|---|---|
 | `gateway` | `GatewaySettings` (settings.py) | `KEFU_GATEWAY_` | ports, workers, timeouts, breaker, policy, admission, canary |
-| `edge` | `EdgeSettings` (edge.py) | `KEFU_GATEWAY_` | keys, tokens, limits, Redis, sessions, cache |
+| `edge` | `EdgeSettings` (edge/guard.py) | `KEFU_GATEWAY_` | keys, tokens, limits, Redis, sessions, cache |
 | `faq` | `FaqSettings` (services/faq/settings.py) | `KEFU_FAQ_` | the knowledge-base store (the encoder version and dimension come from the served model) |
 | `faq_admin` | `FaqAdminSettings` (services/faq/admin_http.py) | `KEFU_FAQ_ADMIN_` | the admin API mounted at /admin/faq |
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from services.faq.admin_http import FaqAdminSettings
 from services.faq.settings import FaqSettings
-from services.gateway.edge import EdgeSettings
+from services.gateway.edge.guard import EdgeSettings
 from services.gateway.settings import GatewaySettings
 
 

@@ -1,6 +1,6 @@
 """Gateway core settings: one object, every field documented, each overridable by a KEFU_GATEWAY_* variable.
 
-The edge (security, limits, normalisation, sessions, cache and Redis: `services/gateway/edge.py`) reads its own
+The edge (security, limits, normalisation, sessions, cache and Redis: `services/gateway/edge/guard.py`) reads its own
 `EdgeSettings` from the same prefix; both ignore each other's variables (`extra="ignore"`). The FAQ store is configured by `KEFU_FAQ_*`
 (`services.faq.settings.FaqSettings`), except the encoder version and dimension, which the gateway takes from the
 worker serving the `faq` model.
@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.gateway.slots import DEFAULT_ORDER_NO_PATTERN
+from services.gateway.core.slots import DEFAULT_ORDER_NO_PATTERN
 
 DEFAULTS = Path(__file__).resolve().parent / "defaults"
 LOCAL_WORKER = "http://127.0.0.1:8001"
@@ -136,7 +136,7 @@ class GatewaySettings(BaseSettings):
     )
     store_timeout_s: float = Field(2.0, gt=0, description="timeout of one knowledge-base search")
 
-    # ── state (sessions, cache sizes, Redis: EdgeSettings in edge.py) ─────────────────────────────────
+    # ── state (sessions, cache sizes, Redis: EdgeSettings in edge/guard.py) ─────────────────────────────────
     cache_enabled: bool = Field(
         True,
         description="cache model answers per normalised text and model version (the edge's cache: "
@@ -148,7 +148,7 @@ class GatewaySettings(BaseSettings):
         "for the `order_no` slot; ID and bank card numbers are refused whatever it says (slots.py)",
     )
 
-    # ── canary routing and shadow traffic (issue 7, services/gateway/canary_routing.py) ────────────────
+    # ── canary routing and shadow traffic (issue 7, services/gateway/clients/canary_routing.py) ────────────────
     routing_file: Path | None = Field(
         None,
         description="routing file (services/canary/routing.py: stable / canary / weight / shadow / sticky per "

@@ -40,16 +40,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from services.gateway.auth_gate import AuthGate
-from services.gateway.auth_throttle import FailedAuthThrottle, client_address, parse_networks, throttled
-from services.gateway.cache import MemoryCache, RedisCache, ResponseCache
-from services.gateway.edge_http import install_http
-from services.gateway.errors import InvalidInput, TooManyRequests, Unauthenticated
-from services.gateway.metrics import GatewayMetrics
-from services.gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from services.gateway.redaction import install_log_redaction
-from services.gateway.redis_conn import connect
-from services.gateway.security import (
+from services.gateway.api.http import install_http
+from services.gateway.core.errors import InvalidInput, TooManyRequests, Unauthenticated
+from services.gateway.edge.auth_gate import AuthGate
+from services.gateway.edge.auth_throttle import FailedAuthThrottle, client_address, parse_networks, throttled
+from services.gateway.edge.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from services.gateway.edge.redaction import install_log_redaction
+from services.gateway.edge.security import (
     DEFAULTS_DIR,
     DEMO_KEY_SHA256,
     TENANT_RE,
@@ -59,8 +56,11 @@ from services.gateway.security import (
     refuse_placeholders,
     require_scope,
 )
-from services.gateway.sessions import MemorySessionStore, RedisSessionStore, SessionStore
-from services.gateway.textnorm import TextNormalizer
+from services.gateway.edge.textnorm import TextNormalizer
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.state.cache import MemoryCache, RedisCache, ResponseCache
+from services.gateway.state.redis_conn import connect
+from services.gateway.state.sessions import MemorySessionStore, RedisSessionStore, SessionStore
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,8 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
-from services.gateway.breaker import BreakerState
-from services.gateway.metrics import GatewayMetrics
-from services.gateway.upstream import (
+from services.gateway.clients.breaker import BreakerState
+from services.gateway.clients.upstream import (
     INPUT_NAME,
     UPSTREAM_NAMES,
     InferResult,
@@ -53,6 +52,7 @@ from services.gateway.upstream import (
     WorkerPool,
     decode_outputs,
 )
+from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 

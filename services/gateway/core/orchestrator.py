@@ -40,17 +40,17 @@ import numpy as np
 
 from services.common.logthrottle import LogThrottle
 from services.faq.domain import FaqHit
-from services.gateway.cache import ResponseCache, cache_key
-from services.gateway.errors import Unavailable
-from services.gateway.inference import ClassPrediction, ModelClient
-from services.gateway.knowledge import KEYWORDS_VERSION, FaqUnavailable, KnowledgeBase
+from services.gateway.clients.inference import ClassPrediction, ModelClient
+from services.gateway.clients.upstream import UpstreamError
+from services.gateway.core.errors import Unavailable
+from services.gateway.core.knowledge import KEYWORDS_VERSION, FaqUnavailable, KnowledgeBase
+from services.gateway.core.policy import Decision, Policy, Signals, Thresholds, decide
+from services.gateway.core.slots import SlotExtractor
+from services.gateway.core.timing import Timings
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.policy import Decision, Policy, Signals, Thresholds, decide
-from services.gateway.sessions import Session, SessionKey, SessionStore
 from services.gateway.settings import GatewaySettings
-from services.gateway.slots import SlotExtractor
-from services.gateway.timing import Timings
-from services.gateway.upstream import UpstreamError
+from services.gateway.state.cache import ResponseCache, cache_key
+from services.gateway.state.sessions import Session, SessionKey, SessionStore
 
 log = logging.getLogger(__name__)
 

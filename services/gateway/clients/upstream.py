@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 
 from services.common.logthrottle import LogThrottle
-from services.gateway.breaker import BreakerState, CircuitBreaker
+from services.gateway.clients.breaker import BreakerState, CircuitBreaker
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
 

@@ -32,7 +32,7 @@ from datetime import date
 from stdnum import luhn
 from stdnum.cn import ric
 
-from services.gateway.redaction import mask_phone
+from services.gateway.edge.redaction import mask_phone
 
 DEFAULT_ORDER_NO_PATTERN = (
     r"\d{6,12}"  # short plain numbers (JD-style 11-12 digits)

@@ -47,10 +47,10 @@ import numpy as np
 
 from services.canary.routing import RoutingTable
 from services.canary.watcher import RoutingWatcher
-from services.gateway.inference import ModelAnswer, ModelClient, Route
+from services.gateway.clients.inference import ModelAnswer, ModelClient, Route
+from services.gateway.clients.upstream import ROLES, UpstreamError, WorkerPool
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
-from services.gateway.upstream import ROLES, UpstreamError, WorkerPool
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from services.faq.domain import FaqEntry, FaqHit, StoreUnavailable
 from services.faq.store import FaqStore
-from services.gateway.knowledge import KnowledgeBase
+from services.gateway.core.knowledge import KnowledgeBase
 
 
 class KbStore(FaqStore):

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.faq.confidence import AnswerConfidence
 from services.faq.domain import FaqHit
-from services.gateway.inference import ClassPrediction
+from services.gateway.clients.inference import ClassPrediction
 
 
 class _Strict(BaseModel):

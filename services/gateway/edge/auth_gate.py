@@ -16,9 +16,9 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.edge_http import gateway_error_response
-from services.gateway.errors import GatewayError
-from services.gateway.security import Principal
+from services.gateway.api.http import gateway_error_response
+from services.gateway.core.errors import GatewayError
+from services.gateway.edge.security import Principal
 
 
 class AuthGate:

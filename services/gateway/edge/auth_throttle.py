@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
-from services.gateway.errors import TooManyRequests
-from services.gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from services.gateway.core.errors import TooManyRequests
+from services.gateway.edge.ratelimit import MemoryRateLimiter, RedisRateLimiter
 
 log = logging.getLogger(__name__)
 

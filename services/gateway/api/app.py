@@ -21,7 +21,7 @@ piece of state; never exposed publicly):
 `create_app(settings, edge_settings, ...)` takes its dependencies so tests swap in fake workers (an httpx
 transport), an in-memory FAQ store, and their own Prometheus registry. Authentication, rate limits, body and
 text limits, normalisation, request ids, log redaction and the uniform error body are the edge's
-(`edge.py`); the decision is `orchestrator.py` + `policy.py`. Every response carries `X-Request-ID` and
+(`edge/guard.py`); the decision is `core/orchestrator.py` + `core/policy.py`. Every response carries `X-Request-ID` and
 `Server-Timing` (`timing.py`).
 """
 
@@ -44,24 +44,8 @@ from services.faq.admin import create_admin_router
 from services.faq.admin_http import FaqAdminSettings
 from services.faq.settings import FaqSettings
 from services.faq.store import FaqStore
-from services.gateway.admission import Admission
-from services.gateway.cache import ResponseCache
-from services.gateway.edge import Edge, EdgeSettings
-from services.gateway.errors import GatewayError, InvalidInput, Unavailable
-from services.gateway.faq_admin import KbEmbedder, KbStore, kb_bm25_refresher, kb_reindexer
-from services.gateway.inference import ModelClient, ModelRouter
-from services.gateway.knowledge import (
-    FaqUnavailable,
-    KnowledgeBase,
-    ReindexerFactory,
-    StoreOpener,
-    default_opener,
-    default_reindexer,
-)
-from services.gateway.metrics import GatewayMetrics
-from services.gateway.orchestrator import Orchestrator
-from services.gateway.policy import Policy
-from services.gateway.schemas import (
+from services.gateway.api.faq_admin import KbEmbedder, KbStore, kb_bm25_refresher, kb_reindexer
+from services.gateway.api.schemas import (
     ChatRequest,
     ChatResponse,
     ErrorResponse,
@@ -78,10 +62,26 @@ from services.gateway.schemas import (
     SentimentResponse,
     TextsRequest,
 )
-from services.gateway.sessions import SessionKey, SessionStore
+from services.gateway.clients.inference import ModelClient, ModelRouter
+from services.gateway.clients.upstream import UpstreamError, WorkerPool
+from services.gateway.core.errors import GatewayError, InvalidInput, Unavailable
+from services.gateway.core.knowledge import (
+    FaqUnavailable,
+    KnowledgeBase,
+    ReindexerFactory,
+    StoreOpener,
+    default_opener,
+    default_reindexer,
+)
+from services.gateway.core.orchestrator import Orchestrator
+from services.gateway.core.policy import Policy
+from services.gateway.core.timing import Timings
+from services.gateway.edge.admission import Admission
+from services.gateway.edge.guard import Edge, EdgeSettings
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
-from services.gateway.timing import Timings
-from services.gateway.upstream import UpstreamError, WorkerPool
+from services.gateway.state.cache import ResponseCache
+from services.gateway.state.sessions import SessionKey, SessionStore
 
 if TYPE_CHECKING:
     from services.gateway.config import Config
@@ -179,7 +179,7 @@ def create_app(
     pool = WorkerPool(settings, metrics, transport=transport)
     canary = None
     if settings.routing_file is not None:  # canary routing + shadow traffic (issue 7); reads the file now
-        from services.gateway.canary_routing import CanaryRouting
+        from services.gateway.clients.canary_routing import CanaryRouting
 
         canary = CanaryRouting(settings, metrics, pool, transport=transport)
     models = ModelClient(
@@ -439,7 +439,7 @@ def create_app_from_config(config: Config) -> FastAPI:
 
 
 def create_app_from_env() -> FastAPI:
-    """uvicorn factory (`uvicorn --factory services.gateway.app:create_app_from_env`)."""
+    """uvicorn factory (`uvicorn --factory services.gateway.api.app:create_app_from_env`)."""
     from services.gateway.config import Config
 
     return create_app_from_config(Config.from_env())

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.gateway.errors import Unavailable, error_body
+from services.gateway.core.errors import Unavailable, error_body
 from services.gateway.metrics import GatewayMetrics
 
 LAG_PROBE_S = 0.02  # how often the event-loop lag is measured

@@ -39,13 +39,13 @@ from services.faq import thresholds as faq_thresholds
 from services.faq.domain import FaqError, FaqHit, read_faq_jsonl
 from services.faq.settings import FaqSettings
 from services.faq.store import FaqStore, embed_entries
-from services.gateway.breaker import CircuitBreaker
-from services.gateway.embedder import WorkerEmbedder
-from services.gateway.inference import ModelAnswer, ModelClient
+from services.gateway.clients.breaker import CircuitBreaker
+from services.gateway.clients.embedder import WorkerEmbedder
+from services.gateway.clients.inference import ModelAnswer, ModelClient
+from services.gateway.core.policy import Policy, Thresholds, faq_score
+from services.gateway.core.timing import Timings
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.policy import Policy, Thresholds, faq_score
 from services.gateway.settings import GatewaySettings
-from services.gateway.timing import Timings
 
 log = logging.getLogger(__name__)
 

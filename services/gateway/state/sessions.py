@@ -37,9 +37,9 @@ from cachetools import TTLCache
 from redis.exceptions import RedisError
 
 from services.canary.routing import sticky_id
-from services.gateway.errors import InvalidInput
-from services.gateway.redaction import redact
-from services.gateway.slots import DEFAULT_EXTRACTOR, SlotExtractor, extract_slots
+from services.gateway.core.errors import InvalidInput
+from services.gateway.core.slots import DEFAULT_EXTRACTOR, SlotExtractor, extract_slots
+from services.gateway.edge.redaction import redact
 
 __all__ = ["SessionKey", "Session", "Turn", "extract_slots", "check_session_id", "SessionStore"]
 

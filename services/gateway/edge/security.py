@@ -12,7 +12,7 @@
 - `refuse_placeholders` stops a production start with the shipped demo key or a weak / placeholder /
   low-entropy JWT secret (`secret_strength_problem` states the rule); no message ever quotes the secret.
 
-Nothing here knows HTTP: it raises `Unauthenticated` / `Forbidden`; `edge.py` reads the headers.
+Nothing here knows HTTP: it raises `Unauthenticated` / `Forbidden`; `guard.py` reads the headers.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import jwt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.gateway.errors import Forbidden, Unauthenticated
+from services.gateway.core.errors import Forbidden, Unauthenticated
 
-DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
+DEFAULTS_DIR = Path(__file__).resolve().parents[1] / "defaults"
 DEMO_KEYS_FILE = DEFAULTS_DIR / "api_keys.yaml"
 DEMO_KEY = "kefu-demo-key-change-me"  # documented in defaults/api_keys.yaml; development only
 DEMO_KEY_SHA256 = hashlib.sha256(DEMO_KEY.encode()).hexdigest()

@@ -3,7 +3,7 @@
 Code anywhere in the gateway (core or edge) that refuses a request raises one of the classes below (the
 authentication ones, `Unauthenticated` / `Forbidden` / `TooManyRequests`, are the platform's:
 services/common/errors.py, so the mounted FAQ admin router renders them too) with a stable snake_case `code` and a `message` safe to show to the caller (it never echoes user text beyond what
-they sent, and never carries internals). `edge_http.py` alone maps them to HTTP (its `STATUS` table, KServe
+they sent, and never carries internals). `api/http.py` alone maps them to HTTP (its `STATUS` table, KServe
 style: one mapper per service), together with FastAPI's own validation / HTTP errors and unexpected
 exceptions, into the uniform body
 

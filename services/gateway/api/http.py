@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.http_errors import describe_validation
 from services.common.http_errors import request_id as request_id_of
 from services.common.http_limits import BodyLimitMiddleware, BodyTooLarge
-from services.gateway.errors import (
+from services.gateway.core.errors import (
     Forbidden,
     GatewayError,
     InvalidInput,
@@ -46,7 +46,7 @@ from services.gateway.errors import (
     Unavailable,
     error_body,
 )
-from services.gateway.redaction import install_log_redaction
+from services.gateway.edge.redaction import install_log_redaction
 
 log = logging.getLogger("services.gateway")
 

@@ -1,0 +1,1 @@
+"""Per-tenant state: sessions, the response cache, the Redis connection."""
