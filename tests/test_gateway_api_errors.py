@@ -289,8 +289,8 @@ def test_admission_control_sheds_with_503_overloaded_and_recovers(tmp_path):
 def test_every_gateway_error_has_one_status_in_the_one_mapper():
     """Core and edge code raise the classes of errors.py (no HTTP status in them); api/http.py STATUS is the only
     place they become HTTP. A new class without a row would answer 500."""
-    from services.gateway.core import errors
     from services.gateway.api.http import STATUS
+    from services.gateway.core import errors
 
     classes = {c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GatewayError)}
     assert classes - {errors.GatewayError} == set(STATUS)
