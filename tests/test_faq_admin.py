@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from services.faq.admin import FaqAdminSettings, create_admin_router, milvus_reindexer, require_admin_key
-from services.faq.admin_schemas import join_multi, split_multi
+from services.faq.admin_formats import join_multi, split_multi
 from services.faq.domain import FaqEntry, StoreUnavailable
 from services.faq.store import InMemoryFaqStore
 from services.faq.testing import DEMO_KB, FailingEmbedder, HashingEmbedder
@@ -884,7 +884,7 @@ def test_milvus_lite_writes_are_searchable_within_a_second_and_reindex_switches(
 
 def test_import_entries_match_the_domain_reader(tmp_path):
     """The JSONL importer reads faq.jsonl exactly as `read_faq_jsonl` does."""
-    from services.faq.admin_schemas import parse_import
+    from services.faq.admin_formats import parse_import
     from services.faq.domain import entry_of
 
     parsed = [entry_of(r.record) for r in parse_import(DEMO_TEXT, "jsonl")]

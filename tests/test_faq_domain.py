@@ -115,7 +115,8 @@ def test_bad_jsonl_line_is_named(tmp_path):
 def test_the_seed_reader_reads_faq_jsonl_as_the_importer_does(tmp_path, line, problem):
     """One reader of the format for the seed file and the admin import: the same record is refused by both,
     for the same reason (a typo'd field is not silently dropped)."""
-    from services.faq.admin_schemas import ImportRejected, parse_import, plan_import
+    from services.faq.admin_errors import ImportRejected
+    from services.faq.admin_formats import parse_import, plan_import
 
     text = '{"id": "ok", "question": "能开发票吗", "answer": "能"}\n' + line + "\n"
     path = tmp_path / "faq.jsonl"

@@ -9,7 +9,7 @@
 | `milvus_schema.py`, `milvus_search.py`, `milvus_conn.py` | its collection layout, searches, connection |
 | `reindex.py` | `reindex()`: new collection, verify, switch alias, drop old |
 | `settings.py` | `FaqSettings` (`KEFU_FAQ_*`) |
-| `admin.py` | the admin API router the gateway mounts (`create_admin_router`); `admin_service.py` (the writes, import, re-index behind it), `admin_http.py` (settings, errors → HTTP, admin-key auth), `admin_schemas.py` (bodies, import parsing) |
+| `admin.py` | the admin API router the gateway mounts (`create_admin_router`); `admin_service.py` (the writes, import, re-index behind it), `admin_http.py` (settings, errors → HTTP, admin-key auth), `admin_errors.py` (its errors, no HTTP), `admin_schemas.py` (bodies), `admin_formats.py` (JSONL / CSV import and export) |
 | `embedders.py` | `LocalEmbedder`: the exported `faq` encoder in-process (evaluation, thresholds, offline re-index) |
 | `evaluate.py` | `make eval-faq`: dense vs BM25 vs hybrid, R@1/5/10 and MRR |
 | `thresholds.py` | `make faq-thresholds`: answer / suggest thresholds stored with the encoder version |

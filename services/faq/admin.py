@@ -1,5 +1,6 @@
 """FAQ admin API: a FastAPI router the gateway mounts under `/admin/faq` (the routes; the service behind them is
-`admin_service.py`, errors/auth/settings `admin_http.py`, bodies and import parsing `admin_schemas.py`).
+`admin_service.py`, errors → HTTP, auth and settings `admin_http.py`, errors `admin_errors.py`, bodies `admin_schemas.py`, import / export
+formats `admin_formats.py`).
 
     router = create_admin_router(store, embedder, auth=require_admin_key({sha256_hex_of_key}))
     app.include_router(router, prefix="/admin/faq")
@@ -46,6 +47,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from services.faq.admin_formats import charset_of, decode, detect_format, export_chunks, parse_import
 from services.faq.admin_http import FaqAdminSettings, _bulk_body, _route_class, _who, require_admin_key
 from services.faq.admin_schemas import (
     FaqIn,
@@ -56,11 +58,6 @@ from services.faq.admin_schemas import (
     ReindexStatus,
     SearchRequest,
     SearchResponse,
-    charset_of,
-    decode,
-    detect_format,
-    export_chunks,
-    parse_import,
 )
 from services.faq.admin_service import Bm25Refresher, FaqAdmin, Reindexer, _now
 from services.faq.domain import FaqEntry, InvalidFaq

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from services.common.errors import Forbidden, ServiceError, TooManyRequests, Unauthenticated
 from services.common.http_errors import describe_validation, request_id
 from services.common.http_limits import limit_receive
-from services.faq.admin_schemas import (
+from services.faq.admin_errors import (
     AdminError,
     EmbedderUnavailable,
     FaqExists,

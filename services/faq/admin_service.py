@@ -14,20 +14,16 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from services.faq.admin_http import FaqAdminSettings
-from services.faq.admin_schemas import (
+from services.faq.admin_errors import (
     EmbedderUnavailable,
     FaqExists,
-    ImportFormat,
-    ImportMode,
-    ImportPlan,
-    ImportReport,
     NotConfigured,
     ReindexRunning,
-    ReindexStatus,
     UnderMaintenance,
-    plan_import,
 )
+from services.faq.admin_formats import ImportPlan, plan_import
+from services.faq.admin_http import FaqAdminSettings
+from services.faq.admin_schemas import ImportFormat, ImportMode, ImportReport, ReindexStatus
 from services.faq.domain import (
     FaqEntry,
     FaqError,
