@@ -71,3 +71,21 @@ async def test_a_dead_engine_fails_readiness_and_is_restarted(model_repo):
         np.testing.assert_allclose(again, first, atol=1e-6)
     finally:
         await manager.close()
+
+
+def test_the_engine_takes_the_workers_runner_settings_not_the_environment(model_repo, monkeypatch):
+    """The worker reads KEFU_RUNNER_* once (ModelManager.runner) and hands the object to every backend, in
+    this process or in an engine process; nothing below reads the environment again."""
+    from services.runtime.runner import RunnerSettings
+    from services.worker.backends import create_backend
+
+    version = ModelRepository(model_repo).open("intent")
+    monkeypatch.setenv("KEFU_RUNNER_ONEDNN", "true")
+    local = create_backend("paddle", version, RunnerSettings(onednn=False, cpu_threads=2))
+    assert (local._runner.settings.onednn, local._runner.settings.cpu_threads) == (False, 2)
+    monkeypatch.setenv("KEFU_RUNNER_CPU_THREADS", "not a number")  # a child reading it would fail to start
+    engine = EngineProcessBackend(str(model_repo), "intent", 1, runner=RunnerSettings(cpu_threads=1))
+    try:
+        engine.health()
+    finally:
+        engine.close()

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for (
         key,
         value,
-    ) in overrides.items():  # each server process rebuilds the same settings from the environment
+    ) in overrides.items():  # uvicorn's server processes are spawned: the environment is their one channel
         os.environ[f"KEFU_WORKER_{key.upper()}"] = str(value)
     os.environ.setdefault("KEFU_RUNNER_CPU_THREADS", "1")
     os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")

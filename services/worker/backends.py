@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from services.runtime.repository import ModelVersion, Task
+from services.runtime.runner import RunnerSettings
 
 
 class Backend(Protocol):
@@ -54,11 +55,11 @@ class InProcessBackend:
 class PaddleBackend(InProcessBackend):
     name = "paddle"
 
-    def __init__(self, version: ModelVersion, runner_settings=None):
-        from services.runtime.runner import PaddleRunner, RunnerSettings
+    def __init__(self, version: ModelVersion, runner_settings: RunnerSettings | None = None):
+        from services.runtime.runner import PaddleRunner
 
         self.max_batch_size = version.config.max_batch_size
-        self._runner = PaddleRunner(version, runner_settings or RunnerSettings.from_env())
+        self._runner = PaddleRunner(version, runner_settings or RunnerSettings())
 
     def infer(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         return self._runner.run(input_ids)
@@ -112,13 +113,15 @@ class FakeBackend(InProcessBackend):
         return {self.output_name: out.astype(np.float32)}
 
 
-def create_backend(kind: str, version: ModelVersion) -> Backend:
+def create_backend(kind: str, version: ModelVersion, runner: RunnerSettings | None = None) -> Backend:
+    """The engine `kind` for `version`, configured by `runner` (the worker's `KEFU_RUNNER_*`, read once)."""
+    runner = runner or RunnerSettings()
     if kind == "paddle":
-        return PaddleBackend(version)
+        return PaddleBackend(version, runner)
     if kind == "onnxruntime":
         from services.worker.onnx_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(version)
+        return OnnxRuntimeBackend(version, runner.cpu_threads)
     if kind == "fake":
         return FakeBackend(version)
     raise ValueError(f"unknown backend {kind!r}: paddle, onnxruntime or fake")

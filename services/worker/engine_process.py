@@ -25,19 +25,23 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from services.runtime.repository import ModelRepository
+from services.runtime.runner import RunnerSettings
 from services.worker.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120
 
 
-def _serve(conn: Connection, repository: str, name: str, version: int, kind: str, env: dict) -> None:
-    """Child: build the backend, then answer ("infer", ids) / ("health", None) / ("close", None)."""
+def _serve(
+    conn: Connection, repository: str, name: str, version: int, kind: str, runner: RunnerSettings, env: dict
+) -> None:
+    """Child: build the backend with the parent's `runner` settings, then answer ("infer", ids) /
+    ("health", None) / ("close", None). `env`: the numeric libraries' own variables (MKL_, OMP_, GLOG_)."""
     os.environ.update(env)
     try:
         from services.worker.backends import create_backend
 
-        backend = create_backend(kind, ModelRepository(repository).open(name, version))
+        backend = create_backend(kind, ModelRepository(repository).open(name, version), runner)
         conn.send(("ready", backend.max_batch_size))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(e).__name__}: {e}"))
@@ -66,15 +70,16 @@ class EngineProcessBackend:
         version: int,
         kind: str = "paddle",
         call_timeout_s: float | None = None,
+        runner: RunnerSettings | None = None,
     ):
         self.name = f"{kind}/process"
         self.call_timeout_s = call_timeout_s  # None: wait as long as the engine takes
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        env = {k: v for k, v in os.environ.items() if k.startswith(("KEFU_RUNNER_", "MKL_", "OMP_", "GLOG_"))}
+        env = {k: v for k, v in os.environ.items() if k.startswith(("MKL_", "OMP_", "GLOG_"))}
         self._proc = ctx.Process(
             target=_serve,
-            args=(child, repository, name, version, kind, env),
+            args=(child, repository, name, version, kind, runner or RunnerSettings(), env),
             name=f"engine-{name}-v{version}",
             daemon=True,
         )

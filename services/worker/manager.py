@@ -25,6 +25,7 @@ from services.runtime.repository import (
     RepositoryError,
     Task,
 )
+from services.runtime.runner import RunnerSettings
 from services.worker.backends import Backend, create_backend
 from services.worker.batcher import BatcherConfig, DynamicBatcher
 from services.worker.errors import EngineUnavailable, InvalidInput, LoadFailed, ModelNotFound, ModelNotReady
@@ -205,9 +206,12 @@ class ModelManager:
         settings: WorkerSettings,
         metrics: WorkerMetrics,
         backend_factory: Callable[[ModelVersion], Backend] | None = None,
+        runner: RunnerSettings | None = None,
     ):
         self.repository = repository
         self.settings = settings
+        # the engines' settings (KEFU_RUNNER_*), read once here and handed to every backend it builds
+        self.runner = runner if runner is not None else RunnerSettings.from_env()
         self.metrics = metrics
         self._backend_factory = backend_factory or self._default_backend
         self._serving: dict[str, dict[int, ServedVersion]] = {}
@@ -226,8 +230,9 @@ class ModelManager:
                 version.version,
                 "paddle",
                 call_timeout_s=self.settings.engine_timeout_s,
+                runner=self.runner,
             )
-        return create_backend(self.settings.backend, version)
+        return create_backend(self.settings.backend, version, self.runner)
 
     # ---- queries ---------------------------------------------------------------------------------------
 

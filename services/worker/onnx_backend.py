@@ -13,7 +13,7 @@ Conversion runs the paddle2onnx Python API (which reads PIR `.json` programs) in
     child that is a clean `RuntimeError` here, never a dead worker;
   * the worker process never imports Paddle (about 4 s and a few hundred MB it would keep for nothing).
 
-Session: CPUExecutionProvider, `intra_op_num_threads` = `KEFU_RUNNER_CPU_THREADS` (default 1, the same
+Session: CPUExecutionProvider, `intra_op_num_threads` = the worker's `KEFU_RUNNER_CPU_THREADS` (`RunnerSettings.cpu_threads`, default 1, the same
 knob as the Paddle backend), `inter_op_num_threads` = 1, all graph optimisations. Batch and sequence
 dimensions are dynamic. `InferenceSession.run` releases the GIL.
 """
@@ -177,21 +177,12 @@ def ensure_onnx(version: ModelVersion) -> Path:
     return target
 
 
-def _cpu_threads() -> int:
-    raw = os.environ.get("KEFU_RUNNER_CPU_THREADS", "1")
-    try:
-        threads = int(raw)
-    except ValueError:
-        raise RuntimeError(f"KEFU_RUNNER_CPU_THREADS must be an integer, got {raw!r}") from None
-    if threads < 1:
-        raise RuntimeError(f"KEFU_RUNNER_CPU_THREADS must be at least 1, got {threads}")
-    return threads
-
-
 class OnnxRuntimeBackend(InProcessBackend):
     name = "onnxruntime"
 
-    def __init__(self, version: ModelVersion):
+    def __init__(self, version: ModelVersion, cpu_threads: int = 1):
+        if cpu_threads < 1:
+            raise RuntimeError(f"onnxruntime backend: cpu_threads must be at least 1, got {cpu_threads}")
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -199,7 +190,7 @@ class OnnxRuntimeBackend(InProcessBackend):
         self.version = version
         self.max_batch_size = version.config.max_batch_size
         self.onnx_file = ensure_onnx(version)
-        self.cpu_threads = _cpu_threads()
+        self.cpu_threads = cpu_threads
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.cpu_threads
         options.inter_op_num_threads = 1
