@@ -471,3 +471,32 @@ def test_two_server_processes_serve_both_ports_and_metrics_add_up(repo, tmp_path
     assert answered == 12 and public_metrics == 404
     for text in scrapes:
         assert f'kefu_worker_request_success_total{{model="intent",version="{SHIPPED}"}} 12.0' in text
+
+
+def test_one_worker_process_is_given_its_settings_not_the_environment(repo, monkeypatch):
+    """`python -m services.worker` with one process builds the app from its settings object and hands uvicorn
+    the app itself; only --processes N > 1 (spawned server processes) passes settings through the environment."""
+    import os
+
+    from services.worker import __main__ as worker_main
+    from services.worker.app import PortDispatch
+
+    for name in [k for k in os.environ if k.startswith("KEFU_WORKER_")]:
+        monkeypatch.delenv(name)
+    served = {}
+
+    class FakeServer:
+        def __init__(self, config):
+            served["config"] = config
+
+        def run(self, sockets):
+            served["sockets"] = sockets
+            for s in sockets:
+                s.close()
+
+    monkeypatch.setattr(worker_main.uvicorn, "Server", FakeServer)
+    before = {k: v for k, v in os.environ.items() if k.startswith("KEFU_WORKER_")}
+    argv = ["--repository", str(repo), "--backend", "fake", "--models", "intent", "--port", "0"]
+    assert worker_main.main([*argv, "--internal-port", "0"]) == 0
+    assert isinstance(served["config"].app, PortDispatch) and served["config"].factory is False
+    assert {k: v for k, v in os.environ.items() if k.startswith("KEFU_WORKER_")} == before == {}

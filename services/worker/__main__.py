@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = WorkerSettings(**overrides)  # validates before any process starts
     public, internal = bind(settings.host, settings.port), bind(settings.host, settings.internal_port)
     overrides["port"], overrides["internal_port"] = public.getsockname()[1], internal.getsockname()[1]
-    for (
-        key,
-        value,
-    ) in overrides.items():  # uvicorn's server processes are spawned: the environment is their one channel
-        os.environ[f"KEFU_WORKER_{key.upper()}"] = str(value)
+    settings = WorkerSettings(**overrides)  # the bound ports (0 = any free one) resolved
+    if settings.processes > 1:
+        # uvicorn spawns the server processes: the environment is the one channel to them, and each builds
+        # the same settings from it (create_app_from_env). One process is given the object itself below.
+        for key, value in overrides.items():
+            os.environ[f"KEFU_WORKER_{key.upper()}"] = str(value)
     os.environ.setdefault("KEFU_RUNNER_CPU_THREADS", "1")
     os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     multiproc_dir = None
@@ -58,9 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         f"backend {settings.backend}, repository {settings.repository})",
         flush=True,
     )
+    if settings.processes > 1:
+        app, factory = "services.worker.app:create_app_from_env", True
+    else:
+        from services.worker.app import create_app_from_settings
+
+        app, factory = create_app_from_settings(settings), False
     config = uvicorn.Config(
-        "services.worker.app:create_app_from_env",
-        factory=True,
+        app,
+        factory=factory,
         workers=settings.processes,
         log_level=settings.log_level,
         access_log=False,  # it writes query strings as sent; edge.AccessLogMiddleware logs routes instead

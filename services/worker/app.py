@@ -457,11 +457,16 @@ def create_worker_app(
     return PortDispatch(public, create_internal_app(settings, manager, registry), settings.internal_port)
 
 
-def create_app_from_env() -> PortDispatch:
-    """uvicorn factory for `python -m services.worker` (each server process builds its own apps)."""
-    settings = WorkerSettings()
+def create_app_from_settings(settings: WorkerSettings) -> PortDispatch:
+    """The apps of one server process of `python -m services.worker`, from its settings object."""
     set_header_limit(settings.max_header_bytes)  # this process's connections are made after this returns
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     return create_worker_app(settings)
+
+
+def create_app_from_env() -> PortDispatch:
+    """uvicorn factory for `python -m services.worker --processes N` (N > 1): each spawned server process
+    builds its own apps from the settings its parent put in the environment."""
+    return create_app_from_settings(WorkerSettings())
