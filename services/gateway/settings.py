@@ -77,6 +77,20 @@ class GatewaySettings(BaseSettings):
     max_connections: int = Field(
         100, ge=1, description="pooled HTTP connections per role (intent, sentiment, faq) towards its workers"
     )
+    hedge_after_s: float = Field(
+        0.5,
+        ge=0,
+        description="a worker call with no answer after this long is also sent to the next replica (a hedge, "
+        "clients/hedging.py); the first answer wins, so a hung replica costs this, not call_timeout_s "
+        "(0 = off)",
+    )
+    hedge_budget_ratio: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="hedges are at most this share of the worker calls over time (a token bucket), so a slow "
+        "upstream under overload is not sent twice the load",
+    )
     breaker_failures: int = Field(
         5,
         ge=1,

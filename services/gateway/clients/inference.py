@@ -44,6 +44,7 @@ import httpx
 import numpy as np
 
 from services.gateway.clients.breaker import BreakerState
+from services.gateway.clients.hedging import Failed
 from services.gateway.clients.upstream import (
     INPUT_NAME,
     UPSTREAM_NAMES,
@@ -305,8 +306,9 @@ class ModelClient:
     async def _call_combined(
         self, pool: WorkerPool, routes: dict[str, Route], texts: list[str]
     ) -> dict[str, InferResult | UpstreamError]:
-        """One `POST /v2/multi/infer`, retried on another replica (connect error, timeout, 5xx) like a
-        one-model call; each role's breaker and upstream duration record that role's outcome."""
+        """One `POST /v2/multi/infer`, retried or hedged on another replica (connect error, timeout, 5xx, no
+        answer after `hedge_after_s`) like a one-model call; each role's breaker and upstream duration record
+        that role's outcome."""
         roles = list(routes)
         models = []
         for role in roles:
@@ -323,9 +325,9 @@ class ModelClient:
         ).encode("utf-8")
         at = {role: {r.url: r for r in pool.replicas[role]} for role in roles}
         client = pool.clients[roles[0]]
-        last: UpstreamError | None = None
-        for attempt, replica in enumerate(pool._order(roles[0])[: pool.settings.retries + 1]):
-            if attempt:
+
+        async def attempt(replica, extra: bool) -> dict[str, InferResult | UpstreamError]:
+            if extra:
                 for role in roles:
                     self.metrics.upstream_retries.labels(UPSTREAM_NAMES[role]).inc()
             started = time.perf_counter()
@@ -337,20 +339,29 @@ class ModelClient:
                 )
                 if response.status_code == 200:
                     return self._combined_results(pool, roles, at, replica.url, response.json(), started)
-                last = UpstreamError("models", "error", f"HTTP {response.status_code}", response.status_code)
+                failed = UpstreamError(
+                    "models", "error", f"HTTP {response.status_code}", response.status_code
+                )
                 if response.status_code < 500:  # a worker without the endpoint: one request per model
                     self._multi[replica.url] = (False, time.monotonic())
-                    raise CombinedRefused(last.message)
+                    raise CombinedRefused(failed.message)
             except httpx.TimeoutException as e:
-                last = UpstreamError("models", "timeout", f"{replica.url} timed out ({type(e).__name__})")
+                failed = UpstreamError("models", "timeout", f"{replica.url} timed out ({type(e).__name__})")
             except httpx.HTTPError as e:
-                last = UpstreamError("models", "error", f"{replica.url} unreachable ({type(e).__name__})")
+                failed = UpstreamError("models", "error", f"{replica.url} unreachable ({type(e).__name__})")
             except (ValueError, KeyError, TypeError) as e:
                 raise UpstreamError("models", "error", f"malformed multi-model response: {e}") from e
             for role in roles:
                 at[role][replica.url].breaker.record_failure()
-                self._observe_upstream(role, last.outcome, started)
-        raise last or UpstreamError("models", "circuit_open", "no replica to call")
+                self._observe_upstream(role, failed.outcome, started)
+            raise Failed(failed)
+
+        try:
+            return await pool.first_good(roles[0], attempt)
+        except Failed as e:
+            raise e.error from None
+        except LookupError:
+            raise UpstreamError("models", "circuit_open", "no replica to call") from None
 
     def _combined_results(
         self, pool: WorkerPool, roles: list[str], at: dict, url: str, payload: dict, started: float

@@ -13,7 +13,9 @@ the workers and to one or more replica base URLs (`GatewaySettings.workers`).
   replica, `connect_timeout_s` its connect.
 - Inference is idempotent, so a call that fails with a connect error, a timeout or a 5xx is retried on ANOTHER
   replica (up to `retries` times; `kefu_gateway_upstream_retries_total`). A 4xx is the request's fault: no
-  retry, it is raised as is (`UpstreamError.status`).
+  retry, it is raised as is (`UpstreamError.status`). A call with no answer after `hedge_after_s` is also sent
+  to the next replica, within a budget (a hedge, `clients/hedging.py`; counted as a retry): the first answer
+  wins, so a hung replica costs `hedge_after_s`, not `call_timeout_s`.
 - Each replica of each role has a `CircuitBreaker`; an open breaker skips the replica without a call. When no
   replica may be called, the call fails at once with outcome `circuit_open`.
 - The models' input limits are honoured: lists longer than the model's `max_batch_size` (from the worker's
@@ -33,8 +35,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -42,10 +45,12 @@ import numpy as np
 
 from services.common.logthrottle import LogThrottle
 from services.gateway.clients.breaker import BreakerState, CircuitBreaker
+from services.gateway.clients.hedging import Failed, HedgeBudget, first_good
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 try:  # httpcore imports sniffio (optional) afresh for every lock it makes; absent, each attempt scans sys.path
     import sniffio  # noqa: F401
@@ -152,6 +157,7 @@ class WorkerPool:
             self.replicas[role] = [self._replica(name, url, clock) for url in settings.workers[role]]
         self.info: dict[str, ModelInfo] = {}
         self._turn = {role: itertools.count() for role in ROLES}
+        self._hedge_budget = HedgeBudget(settings.hedge_budget_ratio)
         self._refresh_lock = asyncio.Lock()
         self._failure_log = LogThrottle(
             log, settings.log_repeat_interval_s, clock
@@ -217,26 +223,19 @@ class WorkerPool:
             {"inputs": [{"name": INPUT_NAME, "shape": [len(texts)], "datatype": "BYTES", "data": texts}]},
             ensure_ascii=False,
         ).encode("utf-8")
-        attempts = self.settings.retries + 1
-        last: UpstreamError | None = None
-        tried = 0
-        for replica in self._order(role):
-            if tried >= attempts:
-                break
-            if not replica.breaker.allow():
-                continue
-            if tried:
+
+        async def attempt(replica: Replica, extra: bool) -> InferResult:
+            if extra:
                 self.metrics.upstream_retries.labels(upstream).inc()
-            tried += 1
             started = time.perf_counter()
             try:
                 response = await self.clients[role].post(
                     replica.url + path, content=body, headers={"content-type": "application/json"}
                 )
             except httpx.TimeoutException as e:
-                last = UpstreamError(upstream, "timeout", f"{replica.url} timed out ({type(e).__name__})")
+                failed = UpstreamError(upstream, "timeout", f"{replica.url} timed out ({type(e).__name__})")
             except httpx.HTTPError as e:
-                last = UpstreamError(upstream, "error", f"{replica.url} unreachable ({type(e).__name__})")
+                failed = UpstreamError(upstream, "error", f"{replica.url} unreachable ({type(e).__name__})")
             else:
                 if response.status_code == 200:
                     replica.breaker.record_success()
@@ -251,16 +250,33 @@ class WorkerPool:
                     replica.breaker.record_success()
                     self._observe(upstream, "error", started)
                     raise UpstreamError(upstream, "error", message, response.status_code)
-                last = UpstreamError(upstream, "error", message, response.status_code)
+                failed = UpstreamError(upstream, "error", message, response.status_code)
             replica.breaker.record_failure()
-            self._observe(upstream, last.outcome, started)
+            self._observe(upstream, failed.outcome, started)
             self._failure_log.warning(
-                replica.label, "%s call to %s failed: %s", upstream, replica.label, last.message
+                replica.label, "%s call to %s failed: %s", upstream, replica.label, failed.message
             )
-        if last is None:
+            raise Failed(failed)
+
+        try:
+            return await self.first_good(role, attempt)
+        except Failed as e:
+            raise e.error from None
+        except LookupError:
             self.metrics.upstream_duration.labels(upstream, "circuit_open").observe(0)
-            raise UpstreamError(upstream, "circuit_open", "every replica's circuit breaker is open")
-        raise last
+            raise UpstreamError(upstream, "circuit_open", "every replica's circuit breaker is open") from None
+
+    async def first_good(self, role: str, attempt: Callable[[Replica, bool], Awaitable[T]]) -> T:
+        """`attempt` on `role`'s replicas in order (round robin, breakers closed or due a trial), retried or
+        hedged on the next one (clients/hedging.py), at most 1 + `retries` calls."""
+        replicas = (r for r in self._order(role) if r.breaker.allow())
+        return await first_good(
+            replicas,
+            attempt,
+            attempts=self.settings.retries + 1,
+            hedge_after_s=self.settings.hedge_after_s,
+            budget=self._hedge_budget,
+        )
 
     def _observe(self, upstream: str, outcome: str, started: float) -> None:
         self.metrics.upstream_duration.labels(upstream, outcome).observe(time.perf_counter() - started)
