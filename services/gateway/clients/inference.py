@@ -357,7 +357,8 @@ class ModelClient:
             raise Failed(failed)
 
         try:
-            return await pool.first_good(roles[0], attempt)
+            # not gated by one role's breakers: a replica whose intent engine fails still answers the others
+            return await pool.first_good(roles[0], attempt, breakers=False)
         except Failed as e:
             raise e.error from None
         except LookupError:

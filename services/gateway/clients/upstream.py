@@ -266,10 +266,14 @@ class WorkerPool:
             self.metrics.upstream_duration.labels(upstream, "circuit_open").observe(0)
             raise UpstreamError(upstream, "circuit_open", "every replica's circuit breaker is open") from None
 
-    async def first_good(self, role: str, attempt: Callable[[Replica, bool], Awaitable[T]]) -> T:
-        """`attempt` on `role`'s replicas in order (round robin, breakers closed or due a trial), retried or
-        hedged on the next one (clients/hedging.py), at most 1 + `retries` calls."""
-        replicas = (r for r in self._order(role) if r.breaker.allow())
+    async def first_good(
+        self, role: str, attempt: Callable[[Replica, bool], Awaitable[T]], *, breakers: bool = True
+    ) -> T:
+        """`attempt` on `role`'s replicas in order (round robin; with `breakers`, only those whose breaker is
+        closed or due a trial), retried or hedged on the next one (clients/hedging.py), at most 1 + `retries`
+        calls."""
+        order = self._order(role)
+        replicas = (r for r in order if r.breaker.allow()) if breakers else iter(order)
         return await first_good(
             replicas,
             attempt,
