@@ -403,6 +403,26 @@ def test_store_recovers_when_the_milvus_lite_server_restarts(lite):
 
 
 @pytest.mark.slow
+def test_the_store_is_back_within_a_second_of_a_long_outage(lite):
+    """After 8 s down with the gateway's probes failing all along, gRPC's reconnect back-off had grown to
+    seconds: the client saw the restarted server about 4 s after it listened again. With the back-off capped
+    (milvus_conn.RECONNECT_OPTIONS) it is back within a second."""
+    store = loaded(lite.uri, KB[:5])
+    try:
+        lite.kill()
+        down = time.monotonic()
+        while time.monotonic() - down < 8:  # probes, as readiness sends them, all failing
+            assert store.probe() is not None
+            time.sleep(0.5)
+        lite.start()  # returns once the server accepts connections
+        listening = time.monotonic()
+        assert until_ok(lambda: _probe_ok(store), within_s=15) is None
+        assert time.monotonic() - listening < 1.5
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
 def test_probe_loads_a_released_collection_without_search_traffic(lite):
     """Readiness probes alone bring a restarted server's collection back (no search needed first)."""
     store = loaded(lite.uri, KB[:5])
