@@ -41,12 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = WorkerSettings(**overrides)  # validates before any process starts
     public, internal = bind(settings.host, settings.port), bind(settings.host, settings.internal_port)
     overrides["port"], overrides["internal_port"] = public.getsockname()[1], internal.getsockname()[1]
-    settings = WorkerSettings(**overrides)  # the bound ports (0 = any free one) resolved
-    if settings.processes > 1:
-        # uvicorn spawns the server processes: the environment is the one channel to them, and each builds
-        # the same settings from it (create_app_from_env). One process is given the object itself below.
-        for key, value in overrides.items():
-            os.environ[f"KEFU_WORKER_{key.upper()}"] = str(value)
+    settings = settings.model_copy(
+        update={"port": overrides["port"], "internal_port": overrides["internal_port"]}
+    )
     os.environ.setdefault("KEFU_RUNNER_CPU_THREADS", "1")
     os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     multiproc_dir = None
@@ -60,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if settings.processes > 1:
+        # uvicorn spawns the server processes: the environment is the one channel to them, and each builds
+        # the same settings from it (create_app_from_env). One process is given the object itself.
+        for key, value in overrides.items():
+            os.environ[f"KEFU_WORKER_{key.upper()}"] = str(value)
         app, factory = "services.worker.app:create_app_from_env", True
     else:
         from services.worker.app import create_app_from_settings

@@ -61,21 +61,20 @@ class FaqUnavailable(Exception):
     """The knowledge base cannot answer now (encoder or store down, not prepared, re-index pending)."""
 
 
+def for_encoder(faq: FaqSettings, version: str, dim: int) -> FaqSettings:
+    """The process's store settings (KEFU_FAQ_*) for the encoder version and dimension the workers serve."""
+    return faq.model_copy(update={"embedder_version": version, "embedder_dim": dim})
+
+
 def default_opener(faq: FaqSettings) -> StoreOpener:
-    """The store of `faq` (KEFU_FAQ_*) for the encoder version and dimension the workers serve."""
-    return lambda version, dim: faq.model_copy(
-        update={"embedder_version": version, "embedder_dim": dim}
-    ).open_store()
+    return lambda version, dim: for_encoder(faq, version, dim).open_store()
 
 
 def default_reindexer(faq: FaqSettings) -> ReindexerFactory:
     from services.faq.admin import milvus_reindexer
 
     def factory(embedder: WorkerEmbedder):
-        return milvus_reindexer(
-            faq.model_copy(update={"embedder_version": embedder.version, "embedder_dim": embedder.dim}),
-            embedder,
-        )
+        return milvus_reindexer(for_encoder(faq, embedder.version, embedder.dim), embedder)
 
     return factory
 
