@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 export PYTHONWARNINGS ?= ignore
 export GLOG_minloglevel ?= 2
 
-.PHONY: help setup run test test-fast lint models benchmarks eval-faq eval-chat faq-thresholds bench bench-runner bench-worker bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s canary-demo load reliability
+.PHONY: help setup run test test-fast lint models benchmarks eval-faq eval-chat faq-thresholds bench bench-runner bench-worker bench-int8 bench-faq bench-gateway pretrain default-data locks clean dashboards rules-check observe chart-check k8s canary-demo load reliability
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench-runner: setup $(REPO)/.built ## engine only: Paddle Inference oneDNN vs pl
 
 bench-worker: setup $(REPO)/.built ## naive one-at-a-time server vs batching worker (vs onnxruntime) at concurrency 1/8/32/64
 	$(PY) -m bench.worker_bench --repository $(REPO)
+
+bench-int8: setup ## INT8 post-training quantisation vs FP32 of a classifier checkpoint (CHECKPOINT=runs/defaults/intent, from make models)
+	$(PY) -m bench.int8_ptq --checkpoint $(or $(CHECKPOINT),runs/defaults/intent)
 
 bench-faq: setup ## FAQ search p50/p99/qps at 1k/10k/100k entries: milvus-lite vs a real Milvus 2.3.5 on loopback
 	$(PY) -m bench.faq_bench
