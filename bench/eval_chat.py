@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 "reason": a.get("handoff_reason"),
                 "faqs": [h.get("faq_id") for h in a.get("faq_hits") or []],
                 "intent": (a.get("intent") or {}).get("label"),
+                "intent_confidence": (a.get("intent") or {}).get("confidence"),
                 "negative": (a.get("sentiment") or {}).get("negative"),
             }
             for r, a in zip(rows, answers, strict=True)

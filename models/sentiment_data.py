@@ -9,7 +9,9 @@ negative / positive  review polarity (waimai_10k + online_shopping_10_cats);
                      data/intent_cs_demo: 投诉 texts are angry by the taxonomy's definition (negative);
                      转人工 texts that vent (FRUSTRATED_HUMAN_REQUEST) are negative; praise in 其他/闲聊
                      (PRAISE) is positive.
-neutral              data/intent_cs_demo: every other text of the eight request intents, minus impatient
+neutral              data/cs_sentiment's neutral rows: a problem reported calmly (the topic of a complaint without
+                     its anger: the hard negatives of hand-over on tone);
+                     data/intent_cs_demo: every other text of the eight request intents, minus impatient
                      ones (IMPATIENT: 催单 with "到底 / 还没 / 都三天了 / !!" — neither calm nor a complaint,
                      so they teach nothing either way and are left out); the remaining 转人工 and 其他/闲聊 texts;
                      data/faq_kb_demo, request categories only: standard questions + alternative phrasings
@@ -54,7 +56,7 @@ FRUSTRATED_HUMAN_REQUEST = re.compile(
 PRAISE = re.compile(r"真棒|点赞|点个赞|温柔|挺好|不错|聪明|耐心解答|生活愉快|回购")
 
 # populations measured on dev (by `source` and label)
-NEUTRAL_CS_SOURCES = ("faq_kb_demo", "intent_cs_demo")
+NEUTRAL_CS_SOURCES = ("faq_kb_demo", "intent_cs_demo", "cs_sentiment")
 ANGRY_CS_SOURCES = ("cs_sentiment", "intent_cs_demo")
 
 

@@ -8,7 +8,7 @@ import pytest
 from services.faq.evaluate import evaluate_store, rank_report
 from services.faq.records import DataError
 from services.faq.testing import HashingEmbedder
-from services.faq.thresholds import calibrate, load, lowest_threshold, write
+from services.faq.thresholds import Query, calibrate, choose, load, lowest_threshold, write
 from tests import demo_kb
 from tests.conftest import DATA, write_jsonl
 
@@ -19,6 +19,39 @@ def test_lowest_threshold_meets_the_precision_target():
     assert lowest_threshold(scores, good, 1.0) == 0.85
     assert lowest_threshold(scores, good, 0.8) == 0.7  # 4 of 5 at or above 0.7
     assert lowest_threshold(scores, np.zeros(6), 0.5) == 1.0  # never reached: never answer
+
+
+def test_the_answer_threshold_also_caps_the_unanswerable_messages_answered():
+    """Precision alone: many answerable messages let a high share of the uncovered ones through (here 95 %
+    precision holds down to 0.80, where 2 of 4 uncovered messages would get an answer); the cap raises the
+    threshold until at most the allowed share of them is answered."""
+    from services.faq.domain import FaqHit
+
+    def query(faq_id, top):
+        hit = FaqHit(
+            faq_id=top,
+            question="q",
+            answer="a",
+            category="c",
+            matched_text="q",
+            matched_standard=True,
+            score=1.0,
+            source="hybrid",
+        )
+        return Query("text", faq_id, "tune", hits=[hit])
+
+    answerable = [(query(f"f{i}", f"f{i}"), 0.99 - i * 0.005) for i in range(38)]
+    uncovered = [(query(None, "f0"), p) for p in (0.9, 0.8, 0.5, 0.4)]
+    queries = [q for q, _ in answerable + uncovered]
+    probs = np.array([p for _, p in answerable + uncovered])
+    groups = np.arange(len(queries))
+    loose = choose(queries, probs, groups, 0.95, 0.8)
+    assert loose["answer"] <= 0.8 and loose["unanswerable_answered"] == 0.5
+    capped = choose(queries, probs, groups, 0.95, 0.8, max_unanswerable_answered=0.25)
+    assert 0.8 < capped["answer"] <= 0.9 and capped["unanswerable_answered"] == 0.25
+    assert capped["answer_precision"] >= 0.95
+    none = choose(queries, probs, groups, 0.95, 0.8, max_unanswerable_answered=0.0)
+    assert none["answer"] > 0.9 and none["unanswerable_answered"] == 0.0
 
 
 def test_calibration_on_the_demo_kb(tmp_path):
@@ -106,6 +139,7 @@ def test_thresholds_chosen_on_a_tuning_set_and_applied_by_the_stored_coefficient
             right += hits[best].faq_id == row["faq_id"]
     assert answered > 0 and right / answered == pytest.approx(result.answer_precision, abs=1e-4)
     assert result.answer == 1.0 or result.answer_precision >= 0.95
+    assert result.unanswerable_answered <= 0.08
 
 
 def test_an_old_cosine_calibration_still_loads_without_a_confidence(tmp_path):

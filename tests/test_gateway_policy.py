@@ -244,3 +244,19 @@ def test_each_sentiment_version_hands_over_at_its_own_threshold(tmp_path):
     path.write_text("sentiment:\n  negative_handoff_at_version: {'2': 1.5}\n")
     with pytest.raises(ValueError, match="negative_handoff_at_version.2"):
         Policy.load(path)
+
+
+def test_the_shipped_sentiment_version_hands_over_at_its_calibrated_threshold():
+    # a shipped sentiment version without its own entry would fall back to negative_handoff_at (0.99) silently:
+    # every version the committed repository serves has the threshold its handoff.json proposes
+    import json
+
+    from services.runtime.repository import ModelRepository
+
+    shipped = Path(__file__).resolve().parent.parent / "models" / "shipped"
+    report = json.loads((shipped / "sentiment" / "handoff.json").read_text("utf-8"))
+    served = ModelRepository(shipped).versions("sentiment")
+    assert served and report["versions"]["sentiment"] == max(served)
+    proposed = report["sentiment"]["proposed_threshold"]
+    for version in served:
+        assert POLICY.sentiment.negative_handoff_at_version.get(str(version)) == proposed

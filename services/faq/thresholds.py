@@ -21,7 +21,10 @@ intent and the words the message shares with the FAQ. This module fits that regr
    `data/chat_eval/chat_dev.jsonl`: its answerable and unanswerable messages, which the regression never saw),
    else on 5-fold cross-validated probabilities of the calibration queries (folds by query):
    - answer:  the lowest P at which answering with the most probable FAQ is right for at least
-              `answer_precision` (default 95 %) of the messages at or above it (unanswerable ones count wrong);
+              `answer_precision` (default 95 %) of the messages at or above it (unanswerable ones count wrong)
+              and at which at most `max_unanswerable_answered` (default 8 %) of the messages the knowledge base
+              cannot answer get an answer (the product's target is 10 %: precision alone lets a set with many
+              answerable messages answer a sixth of the uncovered ones);
    - suggest: the lowest P at which the right FAQ is among the 3 most probable for at least
               `suggest_precision` of the messages at or above it (never above answer).
 
@@ -76,6 +79,7 @@ class Thresholds:
     confidence: dict | None = None  # AnswerConfidence.to_dict() when score == "confidence"
     intent_model: str | None = None  # the intent model whose predictions the confidence was fitted with
     counts: dict = field(default_factory=dict)  # calibration queries by source
+    unanswerable_answered: float | None = None  # share of the unanswerable messages at or above answer
 
     def answer_confidence(self) -> AnswerConfidence | None:
         return AnswerConfidence.from_dict(self.confidence) if self.score == "confidence" else None
@@ -85,6 +89,18 @@ def _shown(path) -> str:
     """`path` relative to the working directory when inside it: recorded files do not name the machine."""
     p = Path(path).resolve()
     return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(path)
+
+
+def answering_at_most(scores: np.ndarray, share: float) -> float:
+    """Smallest t (4 decimals) such that at most `share` of `scores` are >= t; 0.0 for no scores."""
+    if len(scores) == 0:
+        return 0.0
+    allowed = math.floor(share * len(scores) + 1e-9)
+    if allowed >= len(scores):
+        return 0.0
+    above = float(np.sort(scores)[::-1][allowed])  # the first score that must stay below t
+    t = math.ceil(above * 1e4) / 1e4
+    return min(1.0, t + 1e-4 if t <= above else t)
 
 
 def lowest_threshold(scores: np.ndarray, good: np.ndarray, target: float) -> float:
@@ -222,6 +238,7 @@ def choose(
     groups: np.ndarray,
     answer_precision: float,
     suggest_precision: float,
+    max_unanswerable_answered: float = 1.0,
 ) -> dict:
     """Thresholds on P for answer and suggest, and what they achieve on `queries` with `probs`."""
     best, right1, right3 = [], [], []
@@ -236,9 +253,10 @@ def choose(
         right1.append(ids[0] == q.faq_id)
         right3.append(q.faq_id in ids[:3])
     best_a, r1, r3 = np.array(best), np.array(right1), np.array(right3)
-    answerable = np.array([q.faq_id is not None for q in queries])
+    answerable = np.array([q.faq_id is not None for q in queries], dtype=bool)
     # stored with 4 decimals, rounded down: the stored threshold admits what the precision was measured on
     answer = math.floor(lowest_threshold(best_a, r1.astype(float), answer_precision) * 1e4) / 1e4
+    answer = max(answer, answering_at_most(best_a[~answerable], max_unanswerable_answered))
     suggest = min(
         answer, math.floor(lowest_threshold(best_a, r3.astype(float), suggest_precision) * 1e4) / 1e4
     )
@@ -253,6 +271,7 @@ def choose(
         "answer_coverage": share((best_a >= answer)[answerable] & r1[answerable]),
         "suggest_precision": share(r3[best_a >= suggest]),
         "suggest_coverage": share((best_a >= suggest)[answerable] & r3[answerable]),
+        "unanswerable_answered": share((best_a >= answer)[~answerable]),
     }
 
 
@@ -262,6 +281,7 @@ def calibrate(
     queries_path: Path,
     answer_precision: float = 0.95,
     suggest_precision: float = 0.8,
+    max_unanswerable_answered: float = 0.08,
     *,
     classify: Classify | None = None,
     intent_model: str | None = None,
@@ -289,9 +309,11 @@ def calibrate(
     if tune:
         tx, _, tgroups = examples(tune)
         probs = 1.0 / (1.0 + np.exp(-(tx @ np.asarray(confidence.weights) + confidence.bias)))
-        chosen = choose(tune, probs, tgroups, answer_precision, suggest_precision)
+        chosen = choose(tune, probs, tgroups, answer_precision, suggest_precision, max_unanswerable_answered)
     else:
-        chosen = choose(queries, held_out, groups, answer_precision, suggest_precision)
+        chosen = choose(
+            queries, held_out, groups, answer_precision, suggest_precision, max_unanswerable_answered
+        )
     sources = [q.source for q in queries + tune]
     where = f"{_shown(kb_path)} (alternatives left out, {folds} folds) + {_shown(queries_path)}"
     if tune_path is not None:
@@ -371,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=Path, default=Path("data/faq_kb_demo/queries_dev.jsonl"))
     p.add_argument("--answer-precision", type=float, default=0.95)
     p.add_argument("--suggest-precision", type=float, default=0.8)
+    p.add_argument(
+        "--max-unanswerable-answered",
+        type=float,
+        default=0.08,
+        help="answer threshold: at most this share of the unanswerable messages answered",
+    )
     p.add_argument("--folds", type=int, default=4, help="folds of left-out alternatives")
     p.add_argument(
         "--tune", type=Path, default=None, help="chat set the thresholds are chosen on (data/chat_eval/...)"
@@ -396,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.queries,
                 args.answer_precision,
                 args.suggest_precision,
+                args.max_unanswerable_answered,
                 classify=classify,
                 intent_model=intent_model,
                 open_store=milvus_lite_store(Path(tmp)),
