@@ -260,3 +260,25 @@ def test_the_shipped_sentiment_version_hands_over_at_its_calibrated_threshold():
     proposed = report["sentiment"]["proposed_threshold"]
     for version in served:
         assert POLICY.sentiment.negative_handoff_at_version.get(str(version)) == proposed
+
+
+def test_the_reference_production_policy_keeps_the_shipped_versions_threshold():
+    # the chart's production profile (and k8s/, rendered from it) replaces the default policy file whole: a
+    # sentiment section without the per-version thresholds would hand v3 over at another P(negative)
+    import json
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    report = json.loads((root / "models" / "shipped" / "sentiment" / "handoff.json").read_text("utf-8"))
+    version, proposed = str(report["versions"]["sentiment"]), report["sentiment"]["proposed_threshold"]
+    profile = yaml.safe_load((root / "helm" / "ci" / "production.yaml").read_text("utf-8"))
+    policy = Policy.model_validate(profile["gateway"]["policy"])
+    assert policy.sentiment.threshold(version) == proposed
+    rendered = yaml.safe_load(
+        (root / "k8s" / "gateway" / "configmap-kefu-gateway-config.yaml").read_text("utf-8")
+    )
+    assert (
+        Policy.model_validate(yaml.safe_load(rendered["data"]["policy.yaml"])).sentiment.threshold(version)
+        == proposed
+    )
