@@ -1,9 +1,11 @@
-"""Side-by-side engine benchmark of an exported model: Paddle Inference with oneDNN vs without, same inputs.
+"""Side-by-side engine benchmark of an exported model: Paddle Inference with oneDNN, without, and onnxruntime.
 
-    python -m bench.runner_bench --repository model_repository [--model intent]
+    python -m bench.runner_bench --repository model_repository [--model intent] [--no-onnxruntime]
 
-Inputs are real messages of the model's own dev data (its realistic length mix), in batches of 1, 8 and 32.
-Prints p50/p99 per batch, texts/s, and the oneDNN speed-up; writes bench/results/runner-<timestamp>.json.
+Inputs are real messages of the model's own dev data (its realistic length mix), in batches of 1, 8 and 32,
+the same arrays for every engine, one math thread each (the worker's default). Prints p50/p99 per batch,
+texts/s, the oneDNN speed-up and onnxruntime's throughput over Paddle with oneDNN (the engine-level part of
+`make bench-worker`'s Paddle-vs-onnxruntime ratio); writes bench/results/runner-<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -32,7 +34,19 @@ def sample_texts(version, n: int, seed: int = 0) -> list[str]:
     return list(np.random.default_rng(seed).choice(texts, size=n, replace=len(texts) < n))
 
 
-def measure(runner: PaddleRunner, batches: list[np.ndarray], seconds: float) -> list[float]:
+class OnnxEngine:
+    """The worker's onnxruntime backend behind the runner's `run(ids)`."""
+
+    def __init__(self, version, threads: int):
+        from services.worker.onnx_backend import OnnxRuntimeBackend
+
+        self.backend = OnnxRuntimeBackend(version, cpu_threads=threads)
+
+    def run(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self.backend.infer(ids)
+
+
+def measure(runner, batches: list[np.ndarray], seconds: float) -> list[float]:
     for ids in batches[:5]:  # warm-up (oneDNN builds kernels per shape)
         runner.run(ids)
     latencies, deadline, i = [], time.perf_counter() + seconds, 0
@@ -51,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="per configuration")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", type=Path, default=Path("bench/results"))
+    p.add_argument("--no-onnxruntime", action="store_true", help="Paddle only (no paddle2onnx conversion)")
     args = p.parse_args(argv)
     version = ModelRepository(args.repository).open(args.model)
     tokenizer = version.tokenizer()
@@ -63,8 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         texts = sample_texts(version, batch_size * 50)
         batches = [tokenizer(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
         result = {}
-        for engine, onednn in (("plain-cpu", False), ("onednn", True)):
-            runner = PaddleRunner(version, RunnerSettings(cpu_threads=args.threads, onednn=onednn))
+        engines = [("plain-cpu", False), ("onednn", True)] + (
+            [] if args.no_onnxruntime else [("onnxruntime", None)]
+        )
+        for engine, onednn in engines:
+            if onednn is None:
+                runner = OnnxEngine(version, args.threads)
+            else:
+                runner = PaddleRunner(version, RunnerSettings(cpu_threads=args.threads, onednn=onednn))
             lat = np.array(measure(runner, batches, args.seconds))
             row = {
                 "engine": engine,
@@ -80,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         ratio = result["onednn"]["texts_per_s"] / result["plain-cpu"]["texts_per_s"]
         print(f"{batch_size:>5} {'onednn/plain':>12} throughput ratio {ratio:.2f}x")
+        if "onnxruntime" in result:
+            ort = result["onnxruntime"]["texts_per_s"] / result["onednn"]["texts_per_s"]
+            print(f"{batch_size:>5} {'ort/onednn':>12} throughput ratio {ort:.2f}x")
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"runner-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(
