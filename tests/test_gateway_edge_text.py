@@ -52,6 +52,24 @@ def test_mask_replaces_each_character_case_insensitively(tmp_path):
     assert norm.clean("傻\u200b瓜 ＢＡＤＷＯＲＤ") == "** *******"  # normalised before matching
 
 
+def test_traditional_chinese_reaches_the_models_simplified(tmp_path):
+    """The vocabularies and the knowledge base are simplified: 退貨運費誰出 must not reach the encoder with 貨 / 運 /
+    誰 as unknown tokens. Simplified text, digits and Latin pass unchanged; a listed word is masked in either
+    script; a traditional-Chinese deployment turns it off."""
+    words = tmp_path / "words.txt"
+    words.write_text("垃圾\n", "utf-8")
+    norm = TextNormalizer.from_file(words)
+    assert norm.clean("退貨運費誰出") == "退货运费谁出"
+    assert norm.clean("帳號被盜了怎麼辦？") == "帐号被盗了怎么办?"
+    assert norm.clean("我的快递到哪了 订单号 A2024060112345") == "我的快递到哪了 订单号 A2024060112345"
+    assert norm.clean("這什麼垃圾") == norm.clean("这什么垃圾") == "这什么**"
+    assert TextNormalizer.from_file(words, simplify=False).clean("退貨運費誰出") == "退貨運費誰出"
+    edge = Edge(EdgeSettings(), GatewayMetrics(CollectorRegistry()))
+    assert edge.check_text("發貨後幾天能收到") == "发货后几天能收到"
+    off = Edge(EdgeSettings(simplify_chinese=False), GatewayMetrics(CollectorRegistry()))
+    assert off.check_text("發貨後幾天能收到") == "發貨後幾天能收到"
+
+
 def test_default_word_list_is_loaded():
     norm = TextNormalizer.from_file(EdgeSettings().sensitive_words_file)
     assert 5 <= norm.word_count <= 50

@@ -130,6 +130,11 @@ class EdgeSettings(BaseSettings):
     )
     max_text_chars: int = Field(512, ge=1, description="longest text after normalisation (400 above)")
     max_list_size: int = Field(32, ge=1, description="most texts in one request (400 above)")
+    simplify_chinese: bool = Field(
+        True,
+        description="convert traditional Chinese to simplified (OpenCC t2s) before the models, the FAQ search and "
+        "masking: the shipped models and knowledge base are simplified; false for a traditional-Chinese deployment",
+    )
     sensitive_words_file: Path = Field(
         DEFAULTS_DIR / "sensitive_words.txt",
         description="masked words, one a line (format in the default file); each matched character becomes *",
@@ -244,7 +249,7 @@ class Edge:
             jwt_rate_per_s=s.jwt_rate_per_s,
             jwt_burst=s.jwt_burst,
         )
-        self.normalizer = TextNormalizer.from_file(s.sensitive_words_file)
+        self.normalizer = TextNormalizer.from_file(s.sensitive_words_file, s.simplify_chinese)
         self._owns_redis = redis is None and bool(s.redis_url.get_secret_value())
         if self._owns_redis:
             redis = connect(s.redis_url.get_secret_value(), timeout_s=s.redis_timeout_s)
@@ -363,7 +368,8 @@ class Edge:
 
     def check_texts(self, texts: list[str], field: str = "texts") -> list[str]:
         """Validates sizes (400 text_too_long / too_many_texts / empty_text naming the index) and returns the
-        normalised texts (NFKC, full-width→half-width, whitespace collapsed), sensitive words masked."""
+        normalised texts (NFKC, full-width→half-width, whitespace collapsed, traditional → simplified), sensitive
+        words masked."""
         s = self.settings
         if not isinstance(texts, list):
             raise InvalidInput("invalid_texts", f"{field}: must be a list of strings")
