@@ -160,6 +160,33 @@ def test_one_request_per_turn_with_the_same_answers(gateways):
         assert combined.sample("kefu_gateway_upstream_duration_seconds_count", **upstream) == len(TEXTS) + 1
 
 
+def test_chat_filler_reaches_sentiment_but_not_intent_or_the_faq_search(gateways):
+    """亲，请问 … 呀~~ around a question: the intent model and the FAQ encoder read the question alone (the filler
+    cost direct answers: issue 12), the sentiment model the whole message; combined or one request per model,
+    the same answer."""
+    combined, separate = gateways("combined"), gateways("separate", combined_model_calls=False)
+    answers = []
+    for gw in (combined, separate):
+        warm(gw)
+        seen: list[tuple[tuple[str, ...], list[str]]] = []
+
+        def recording(request, _route=gw.fake.route, _seen=seen):
+            if request.url.path.endswith("/infer"):
+                body = json.loads(request.content)
+                names = sorted(m["name"] for m in body.get("models", [])) or [request.url.path.split("/")[3]]
+                _seen.append((tuple(names), body["inputs"][0]["data"]))
+            return _route(request)
+
+        gw.fake.transport.handler = recording
+        answers.append(turn(gw, "亲，请问运费怎么算呀~~"))
+        texts = {name: data for names, data in seen for name in names}
+        assert texts["intent"] == texts["faq"] == ["运费怎么算"], seen
+        assert texts["sentiment"] == ["亲,请问运费怎么算呀~~"], seen  # normalised (，→ ,), filler kept
+    assert answers[0] == answers[1]
+    # combined: intent and the encoder in one request, sentiment on its own (the texts differ)
+    assert [sorted(m["name"] for m in models) for models in combined.fake.multi] == [["faq", "intent"]]
+
+
 def test_a_model_failing_inside_the_turn_degrades_only_its_part(gateways):
     combined, separate = gateways("combined"), gateways("separate", combined_model_calls=False)
     for gw in (combined, separate):

@@ -20,7 +20,8 @@ scikit-learn) and applied here with its stored coefficients only (numpy, no trai
 | overlap_faq | share of its character bigrams found in the FAQ's question, matched phrasing and answer |
 | overlap_faq_chars | the same for single characters |
 
-The overlaps are computed here from the hit's texts (no model call); they catch what a compressed cosine
+The overlaps are computed here from the hit's texts (no model call), on the message without its chat filler
+(`query_text.search_text`: 亲，/ 请问 / 呀~ / !! would count as unmatched words); they catch what a compressed cosine
 misses: "耳机坏了能修吗" shares 修 / 维修 with the answer of "商品坏了怎么申请保修或维修？", while an in-domain
 question the knowledge base does not cover shares few words with any answer.
 
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from services.faq.domain import FaqHit, phrasing_key
+from services.faq.query_text import search_text
 
 FEATURES = (
     "cosine",
@@ -66,6 +68,7 @@ def candidate_features(
 ) -> np.ndarray:
     """[len(hits), len(FEATURES)] float64, one row per hit in the store's order (best first)."""
     cos = np.array([h.cosine if h.cosine is not None else h.score for h in hits], np.float64)
+    query = search_text(query)  # the words of the question, without 亲，/ 请问 / 呀~ / !! around it
     bigrams, chars = _grams(query, 2), _grams(query, 1)
     out = np.zeros((len(hits), len(FEATURES)))
     for i, hit in enumerate(hits):

@@ -37,6 +37,7 @@ from services.faq.domain import (
     InvalidQuery,
     phrasing_key,
 )
+from services.faq.query_text import search_text
 from services.faq.scoring import Candidate, HybridRanker, bm25_score, dense_score, fuse, group_by_faq
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
@@ -164,12 +165,13 @@ def check_vectors(entries: Sequence[FaqEntry], vectors: Sequence[np.ndarray], di
 def check_query(
     query_text: str | None, query_vector: Any, top_k: int, mode: str, dim: int
 ) -> tuple[str, np.ndarray | None]:
-    """Validates a search; returns the stripped text and the query vector as float32 [dim] (or None)."""
+    """Validates a search; returns the text to match (stripped, chat filler out: `query_text.search_text`) and
+    the query vector as float32 [dim] (or None)."""
     if mode not in SEARCH_MODES:
         raise InvalidQuery(f"mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}")
     if not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise InvalidQuery(f"top_k must be an integer in 1..{MAX_TOP_K}")
-    text = (query_text or "").strip()
+    text = search_text((query_text or "").strip())  # chat filler out: BM25 matches the question
     vec = None
     if query_vector is not None:
         vec = np.asarray(query_vector, dtype=np.float32).reshape(-1)

@@ -40,6 +40,7 @@ import numpy as np
 
 from services.common.logthrottle import LogThrottle
 from services.faq.domain import FaqHit
+from services.faq.query_text import search_text
 from services.gateway.clients.inference import ClassPrediction, ModelClient
 from services.gateway.clients.upstream import UpstreamError
 from services.gateway.core.errors import Unavailable
@@ -182,13 +183,22 @@ class Orchestrator:
     # ── one request for the turn's models ───────────────────────────────────────────────────────────
 
     async def _combined_turn(
-        self, text: str, top_k: int, timings: Timings, *, tenant: str, sticky_id: str | None
+        self,
+        text: str,
+        top_k: int,
+        timings: Timings,
+        *,
+        tenant: str,
+        sticky_id: str | None,
+        sentiment: bool = True,
     ) -> dict[str, Any] | None:
-        """The turn's three results as `chat` gathers them (each a value or its exception), the models asked in
-        ONE request (`ModelClient.plan_combined`); None when they cannot be, and `chat` calls them one by one.
+        """The turn's results as `chat` gathers them (each a value or its exception), the models asked in ONE
+        request (`ModelClient.plan_combined`); None when they cannot be, and `chat` calls them one by one.
+        `sentiment=False`: intent and FAQ only (the caller asks sentiment about another text).
         Cache reads and writes, versions and the knowledge base's checks are those of `classify` / `embed`."""
         faq = self.kb is not None and self.kb.ready
-        roles = ["intent", "sentiment", "faq"] if faq else ["intent", "sentiment"]
+        roles = ["intent", "sentiment"] if sentiment else ["intent"]
+        roles += ["faq"] if faq else []
         routes = self.models.plan_combined(roles, sticky_id)
         if routes is None:
             return None
@@ -202,7 +212,7 @@ class Orchestrator:
             with timings.measure("models"):
                 answers = await self.models.predict_combined(missing, [text])
         results: dict[str, Any] = {}
-        for role in ("intent", "sentiment"):
+        for role in ("intent", "sentiment")[: 2 if sentiment else 1]:
             if found[role] is not None:
                 v = found[role]
                 pred = ClassPrediction(v["label"], v["confidence"], v["probs"])
@@ -244,16 +254,30 @@ class Orchestrator:
         session = await self.sessions.get(key)
         top_k = self.settings.faq_top_k
         who = {"tenant": key.tenant, "sticky_id": key.sticky_id}
-        results = await self._combined_turn(text, top_k, timings, **who)
+        # the intent model and the FAQ search read the question without its chat filler (亲，/ 请问 / 呀~ / !! /
+        # emoji: `query_text.search_text`), the sentiment model the whole message (the filler is part of the tone)
+        asked = search_text(text)
+        tone: Any = None  # sentiment's result when asked apart from the combined request
+        if asked == text:
+            results = await self._combined_turn(text, top_k, timings, **who)
+        else:
+            combined, tone = await asyncio.gather(
+                self._combined_turn(asked, top_k, timings, **who, sentiment=False),
+                self.classify("sentiment", [text], timings, **who),
+                return_exceptions=True,
+            )
+            if isinstance(combined, BaseException):
+                raise combined
+            results = None if combined is None else {**combined, "sentiment": tone}
         if results is None:  # one request per model
-            calls = {
-                "intent": self.classify("intent", [text], timings, **who),
-                "sentiment": self.classify("sentiment", [text], timings, **who),
-            }
+            calls = {"intent": self.classify("intent", [asked], timings, **who)}
+            if tone is None:
+                calls["sentiment"] = self.classify("sentiment", [text], timings, **who)
             if self.kb is not None:  # None: disabled by configuration, which is not a degradation
-                calls["faq"] = self.search_faq([text], top_k, timings, **who)
+                calls["faq"] = self.search_faq([asked], top_k, timings, **who)
             gathered = await asyncio.gather(*calls.values(), return_exceptions=True)
-            results = dict(zip(calls, gathered, strict=True))
+            results = dict(zip(calls, gathered, strict=True)) | ({} if tone is None else {"sentiment": tone})
+        results = {role: results[role] for role in ("intent", "sentiment", "faq") if role in results}
         answers: dict[str, Any] = {}
         degraded: list[str] = []
         for name, result in results.items():

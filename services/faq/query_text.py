@@ -1,0 +1,66 @@
+"""The words of a customer message that an FAQ search should match: chat filler around the question removed.
+
+    search_text("亲，请问退货运费谁出呀~~😭")  # -> "退货运费谁出"
+
+Customers wrap a question in greetings and particles the knowledge base's phrasings never hold: 亲，/ 你好，/
+在吗 / 请问 / 客服 in front, 呀~ / 。。。 / ？？ / !! / emoji / 急 behind. Each adds characters that BM25 and the
+answer confidence's word overlaps count against the match (measured on the chat set with a random filler on each
+message: direct answers 82.1 % → 60.9 %). Both stores' searches and the confidence features use this text; the
+dense encoder, the intent and sentiment models and the policy's markers still see the whole message (a
+trailing "!!" or "急" is part of the tone). What stays: 吗 / 么 / 呢 (the phrasings hold them: 能改吗), and every
+word inside the question. A message that is nothing but filler ("在吗？") is returned as it came.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# greetings and openers: each is dropped when a separator or another opener follows it (亲自 / 客服电话 / 你好慢
+# stay whole); the asking ones lead straight into the question and go without one (请问运费怎么算)
+_GREETINGS = (
+    "亲爱的", "亲亲", "亲", "你好", "您好", "哈喽", "嗨", "hi", "hello", "在吗", "在不在", "在么", "有人吗",
+    "有人在吗", "客服", "打扰一下", "打扰了", "麻烦",
+)  # fmt: skip
+_ASKING = (
+    "请问一下", "请问", "我想问一下", "我想问下", "想问一下", "想问下", "问一下", "问下", "麻烦问一下",
+    "麻烦问下",
+)  # fmt: skip
+_OPENERS = tuple(sorted(_GREETINGS + _ASKING, key=len, reverse=True))  # longest first: 亲亲 before 亲
+_SEPARATORS = " ,，.。!！?？~～:：、"
+# closing filler: particles of tone, runs of punctuation, a separated 急 / 谢谢
+_TRAIL = re.compile(
+    r"(?:[\s,，.。!！?？~～…、]+(?:急+|谢谢|谢啦|多谢)?|(?<=[^\s])(?:呀|啊|哈|啦|嘛|哦|噢|喔|哟|呗)+)+$"
+)
+_PUNCT_OR_SPACE = re.compile(r"[\s,，.。!！?？~～…、]+$")
+
+
+def _without_symbols(text: str) -> str:
+    """Emoji and other pictographs (Unicode So / Sk) out: they carry tone, not the question."""
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("So", "Sk"))
+
+
+def _drop_openers(text: str) -> str:
+    while True:
+        low = text.lower()
+        for opener in _OPENERS:
+            if not low.startswith(opener):
+                continue
+            rest = text[len(opener) :]
+            if opener in _ASKING or not rest or rest[0] in _SEPARATORS or rest.lower().startswith(_OPENERS):
+                text = rest.lstrip(_SEPARATORS)
+                break
+        else:
+            return text
+
+
+def search_text(text: str) -> str:
+    """`text` without leading greetings and closing filler; unchanged when nothing else would be left."""
+    core = _without_symbols(text).strip()
+    core = _drop_openers(core)
+    previous = None
+    while previous != core:
+        previous = core
+        core = _TRAIL.sub("", core).strip()
+    core = _PUNCT_OR_SPACE.sub("", core).strip()
+    return core if core else text
