@@ -187,6 +187,26 @@ def test_chat_filler_reaches_sentiment_but_not_intent_or_the_faq_search(gateways
     assert [sorted(m["name"] for m in models) for models in combined.fake.multi] == [["faq", "intent"]]
 
 
+def test_order_numbers_reach_no_model_but_the_session_slots(gateways):
+    """Spelt digit by digit, an order number crowded the question out of the models' tokens (issue 12): no model
+    reads it; the session's slot extraction still does."""
+    gw = gateways("combined")
+    warm(gw)
+    seen: list[str] = []
+
+    def recording(request, _route=gw.fake.route):
+        if request.url.path.endswith("/infer"):
+            seen.extend(json.loads(request.content)["inputs"][0]["data"])
+        return _route(request)
+
+    gw.fake.transport.handler = recording
+    answer = turn(gw, "订单号2024060112345678 怎么还没发货啊!!")
+    assert seen and not any("2024060112345678" in t for t in seen), seen
+    assert "怎么还没发货" in seen  # intent and the encoder: the question
+    assert "订单号 怎么还没发货啊!!" in seen  # sentiment: the tone, without the number
+    assert answer["slots"].get("order_no") == "2024060112345678"
+
+
 def test_a_model_failing_inside_the_turn_degrades_only_its_part(gateways):
     combined, separate = gateways("combined"), gateways("separate", combined_model_calls=False)
     for gw in (combined, separate):

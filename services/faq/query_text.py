@@ -9,6 +9,12 @@ message: direct answers 82.1 % → 60.9 %). Both stores' searches and the confid
 dense encoder, the intent and sentiment models and the policy's markers still see the whole message (a
 trailing "!!" or "急" is part of the tone). What stays: 吗 / 么 / 呢 (the phrasings hold them: 能改吗), and every
 word inside the question. A message that is nothing but filler ("在吗？") is returned as it came.
+
+`without_ids` takes order, waybill and phone numbers out (a run of 6 or more digits, with letters around it:
+SF1234567890123, 2024060112345678): the models' vocabularies spell a number digit by digit, so an order number
+filled half of the intent model's 32 tokens and pushed the question out (the chat set with an order number in
+front of four messages in five: direct answers 18.5 %, angry messages handed over 52.5 %). Every model reads the
+message without them; the session's slot extraction still reads the message as sent.
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ _SEPARATORS = " ,，.。!！?？~～:：、"
 _TRAIL = re.compile(
     r"(?:[\s,，.。!！?？~～…、]+(?:急+|谢谢|谢啦|多谢)?|(?<=[^\s])(?:呀|啊|哈|啦|嘛|哦|噢|喔|哟|呗)+)+$"
 )
+_ID = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{0,4}\d{6,}[A-Za-z0-9]*")
+_ID_LABEL = re.compile(
+    r"^(?:我的|我|这个)?(?:订单号码?|订单编号|订单|快递单号|运单号|物流单号|单号|手机号码?|电话)[\s,，:：、]+"
+)
+_DANGLING = re.compile(r"\s*[:：#]\s*(?=[,，.。!！?？\s]|$)")
 _PUNCT_OR_SPACE = re.compile(r"[\s,，.。!！?？~～…、]+$")
 
 
@@ -54,9 +65,21 @@ def _drop_openers(text: str) -> str:
             return text
 
 
+def without_ids(text: str) -> str:
+    """`text` with order / waybill / phone numbers removed and the spaces around them tidied; unchanged when
+    nothing else would be left."""
+    out = " ".join(_ID.sub(" ", text).split())
+    out = _DANGLING.sub("", out).strip()  # 单号: , → 单号,
+    return out if out.strip(_SEPARATORS) else text
+
+
 def search_text(text: str) -> str:
-    """`text` without leading greetings and closing filler; unchanged when nothing else would be left."""
-    core = _without_symbols(text).strip()
+    """`text` without order numbers, leading greetings and closing filler; unchanged when nothing else would be
+    left."""
+    bare = without_ids(text)
+    if bare != text:  # the number went: its label in front (订单号 / 我的订单 / 单号:) says nothing more
+        bare = _ID_LABEL.sub("", bare) or bare
+    core = _without_symbols(bare).strip()
     core = _drop_openers(core)
     previous = None
     while previous != core:

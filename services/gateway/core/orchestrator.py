@@ -40,7 +40,7 @@ import numpy as np
 
 from services.common.logthrottle import LogThrottle
 from services.faq.domain import FaqHit
-from services.faq.query_text import search_text
+from services.faq.query_text import search_text, without_ids
 from services.gateway.clients.inference import ClassPrediction, ModelClient
 from services.gateway.clients.upstream import UpstreamError
 from services.gateway.core.errors import Unavailable
@@ -254,16 +254,17 @@ class Orchestrator:
         session = await self.sessions.get(key)
         top_k = self.settings.faq_top_k
         who = {"tenant": key.tenant, "sticky_id": key.sticky_id}
-        # the intent model and the FAQ search read the question without its chat filler (亲，/ 请问 / 呀~ / !! /
-        # emoji: `query_text.search_text`), the sentiment model the whole message (the filler is part of the tone)
-        asked = search_text(text)
+        # no model reads order / phone numbers (spelt digit by digit they crowd the question out:
+        # `query_text.without_ids`); the intent model and the FAQ search read the question without its chat filler
+        # (亲，/ 请问 / 呀~ / !! / emoji: `search_text`), the sentiment model the rest (the filler is tone)
+        said, asked = without_ids(text), search_text(text)
         tone: Any = None  # sentiment's result when asked apart from the combined request
-        if asked == text:
-            results = await self._combined_turn(text, top_k, timings, **who)
+        if asked == said:
+            results = await self._combined_turn(asked, top_k, timings, **who)
         else:
             combined, tone = await asyncio.gather(
                 self._combined_turn(asked, top_k, timings, **who, sentiment=False),
-                self.classify("sentiment", [text], timings, **who),
+                self.classify("sentiment", [said], timings, **who),
                 return_exceptions=True,
             )
             if isinstance(combined, BaseException):
@@ -272,7 +273,7 @@ class Orchestrator:
         if results is None:  # one request per model
             calls = {"intent": self.classify("intent", [asked], timings, **who)}
             if tone is None:
-                calls["sentiment"] = self.classify("sentiment", [text], timings, **who)
+                calls["sentiment"] = self.classify("sentiment", [said], timings, **who)
             if self.kb is not None:  # None: disabled by configuration, which is not a degradation
                 calls["faq"] = self.search_faq([asked], top_k, timings, **who)
             gathered = await asyncio.gather(*calls.values(), return_exceptions=True)
