@@ -5,9 +5,9 @@
 Customers wrap a question in greetings and particles the knowledge base's phrasings never hold: 亲，/ 你好，/
 在吗 / 请问 / 客服 in front, 呀~ / 。。。 / ？？ / !! / emoji / 急 behind. Each adds characters that BM25 and the
 answer confidence's word overlaps count against the match (measured on the chat set with a random filler on each
-message: direct answers 82.1 % → 60.9 %). Both stores' searches and the confidence features use this text; the
-dense encoder, the intent and sentiment models and the policy's markers still see the whole message (a
-trailing "!!" or "急" is part of the tone). What stays: 吗 / 么 / 呢 (the phrasings hold them: 能改吗), and every
+message: direct answers 82.1 % → 60.9 %). Both stores' searches and the confidence features use this text, and
+so do the intent model and the FAQ encoder in a chat turn (`core/orchestrator.py`); the sentiment model and the
+policy's markers see the whole message (a trailing "!!" or "急" is part of the tone). What stays: 吗 / 么 / 呢 (the phrasings hold them: 能改吗), and every
 word inside the question. A message that is nothing but filler ("在吗？") is returned as it came.
 
 `without_ids` takes order, waybill and phone numbers out (a run of 6 or more digits, with letters around it:
@@ -43,7 +43,6 @@ _ID_LABEL = re.compile(
     r"^(?:我的|我|这个)?(?:订单号码?|订单编号|订单|快递单号|运单号|物流单号|单号|手机号码?|电话)[\s,，:：、]+"
 )
 _DANGLING = re.compile(r"\s*[:：#]\s*(?=[,，.。!！?？\s]|$)")
-_PUNCT_OR_SPACE = re.compile(r"[\s,，.。!！?？~～…、]+$")
 
 
 def _without_symbols(text: str) -> str:
@@ -84,6 +83,5 @@ def search_text(text: str) -> str:
     previous = None
     while previous != core:
         previous = core
-        core = _TRAIL.sub("", core).strip()
-    core = _PUNCT_OR_SPACE.sub("", core).strip()
+        core = _TRAIL.sub("", core).strip()  # until a pass takes nothing more
     return core if core else text

@@ -212,7 +212,7 @@ class Orchestrator:
             with timings.measure("models"):
                 answers = await self.models.predict_combined(missing, [text])
         results: dict[str, Any] = {}
-        for role in ("intent", "sentiment")[: 2 if sentiment else 1]:
+        for role in (r for r in roles if r != "faq"):  # the classifiers asked
             if found[role] is not None:
                 v = found[role]
                 pred = ClassPrediction(v["label"], v["confidence"], v["probs"])
