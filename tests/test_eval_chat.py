@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.eval_chat import CHAT_SET, read_chat_set, report
+from bench.eval_chat import CHAT_SET, near_copies, read_chat_set, report
 
 
 def answer(action, faqs=(), reason=None, intent=None):
@@ -75,3 +75,34 @@ def test_a_malformed_row_is_named(tmp_path):
     )
     with pytest.raises(ValueError, match=r"chat.jsonl:1: answerable rows"):
         read_chat_set(path)
+
+
+def test_near_copies_of_training_texts_are_found_and_left_out_of_the_second_rates(tmp_path):
+    kb = tmp_path / "faq.jsonl"
+    kb.write_text(
+        json.dumps({"question": "退款多久到账？", "alternatives": ["退款能退到别的卡吗"]}, ensure_ascii=False)
+        + "\n",
+        "utf-8",
+    )
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"text_a": "积分会过期吗", "text_b": "运费谁出"}, ensure_ascii=False) + "\n", "utf-8"
+    )
+    rows = [
+        {"id": "a1", "text": "退款能退到别的卡上吗", "kind": "answerable", "faq_id": "f1"},  # 0.7 alike
+        {"id": "a2", "text": "我的积分会过期吗", "kind": "answerable", "faq_id": "f2"},  # 5 of 7 bigrams
+        {"id": "a3", "text": "换了新手机号 账号怎么换绑", "kind": "answerable", "faq_id": "f3"},
+    ]
+    near = near_copies(rows, (kb, pairs))
+    assert set(near) == {"a1", "a2"}
+    assert near["a1"] == (0.7, "退款能退到别的卡吗")
+    answers = [answer("answer", ["f1"]), answer("answer", ["f2"]), answer("suggest", ["f3"])]
+    r = report(rows, answers, near)
+    assert r["rates"]["direct_correct"]["value"] == round(2 / 3, 4)
+    assert r["rates_without_near_copies"]["direct_correct"] == {
+        "value": 0.0,
+        "n": 1,
+        "target": 0.8,
+        "met": False,
+    }
+    assert r["near_copies"]["messages"]["a2"][1] == "积分会过期吗"
